@@ -73,7 +73,10 @@ def _bias(module: nn.Module, name: str, shape, value: float = 0.0) -> jax.Array:
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm ('LN': with weight w and bias b) or LNPre (no parameters)."""
+    """LayerNorm ('LN': with weight w and bias b) or LNPre (no parameters).
+
+    As in TransformerLens, hook_normalized is (x - mean) / scale, before w and b.
+    """
 
     cfg: ModelConfig
 
@@ -81,10 +84,10 @@ class LayerNorm(nn.Module):
     def __call__(self, x, sites: _Sites, prefix: str):  # x [b, p, d]
         x = x - x.mean(-1, keepdims=True)
         scale = sites(f"{prefix}.hook_scale", jnp.sqrt((x**2).mean(-1, keepdims=True) + self.cfg.eps))
-        x = x / scale  # [b, p, d]
+        x = sites(f"{prefix}.hook_normalized", x / scale)  # [b, p, d]
         if self.cfg.normalization_type == "LN":
             x = x * _bias(self, "w", (self.cfg.d_model,), 1.0) + _bias(self, "b", (self.cfg.d_model,))
-        return sites(f"{prefix}.hook_normalized", x)
+        return x
 
 
 class Attention(nn.Module):

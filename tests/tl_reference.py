@@ -1,0 +1,61 @@
+"""TransformerLens as a test-time reference: build a HookedTransformer for a
+toymech config and copy weights between the two.
+
+Only tests import this module, and only after
+`pytest.importorskip("transformer_lens")`.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+import toymech as tm
+
+
+def tl_config(cfg: tm.ModelConfig, **extra) -> HookedTransformerConfig:
+    """The HookedTransformerConfig with the same architecture as `cfg`."""
+    return HookedTransformerConfig(
+        n_layers=cfg.n_layers,
+        d_model=cfg.d_model,
+        n_heads=cfg.n_heads,
+        d_head=cfg.d_head,
+        d_mlp=cfg.d_mlp,
+        attn_only=cfg.attn_only,
+        d_vocab=cfg.d_vocab,
+        d_vocab_out=cfg.d_vocab_out,
+        n_ctx=cfg.n_ctx,
+        act_fn=cfg.act_fn,
+        normalization_type=cfg.normalization_type,
+        attention_dir=cfg.attention_dir,
+        eps=cfg.eps,
+        device="cpu",
+        **extra,
+    )
+
+
+def tl_model(cfg: tm.ModelConfig, seed: int = 0, randomize_biases: bool = True) -> HookedTransformer:
+    """A HookedTransformer with random weights (and, by default, random biases
+    and LayerNorm weights too, so that every parameter is exercised)."""
+    model = HookedTransformer(tl_config(cfg, seed=seed, use_attn_result=True))
+    if randomize_biases:
+        gen = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "b_" in name or ".b" in name or name.endswith(".w"):
+                    p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+def params_from_tl(model: HookedTransformer) -> dict:
+    """toymech params holding the model's weights (buffers dropped)."""
+    flat = {
+        k: jnp.asarray(v.detach().cpu().numpy())
+        for k, v in model.state_dict().items()
+        if not k.endswith((".mask", ".IGNORE"))
+    }
+    return tm.unflatten_params(flat)
+
+
+def to_numpy(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
