@@ -1,0 +1,270 @@
+"""A self-contained HTML report of one run: one page a researcher opens in a browser.
+
+A `Report` is an ordered list of sections; each section holds paragraphs,
+figures (a PNG under the workdir, linked by a relative path, with a one-line
+caption saying what it shows) and tables. `Report.write(workdir)` renders it to
+`workdir/report.html`; the page has its CSS inline and no scripts, so the
+workdir folder alone (page + figures/) is the whole report.
+
+    rep = Report("Grokking: modular addition", intro="...")
+    sec = rep.section("Training")
+    sec.figure(wd.relative(path), "Train and test loss (log scale) ...")
+    sec.table(["measure", "value"], [["final test accuracy", 1.0]])
+    rep.write(wd.report_path)
+
+`check_report(path)` parses a written page and verifies it is well formed and
+that every image it references exists (used by each study's tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1100px;
+       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { border-bottom: 2px solid #444; padding-bottom: .2em; }
+h2 { border-bottom: 1px solid #bbb; margin-top: 2em; }
+nav ol { columns: 2; }
+figure { margin: 1.2em 0; padding: .5em; border: 1px solid #ddd; background: #fafafa; }
+figure img { max-width: 100%; height: auto; display: block; margin: 0 auto; }
+figcaption { font-size: .92em; color: #333; margin-top: .4em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: .92em; }
+caption { caption-side: top; text-align: left; font-weight: bold; padding-bottom: .3em; }
+th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: left; vertical-align: top; }
+th { background: #eee; }
+td.num { text-align: right; font-family: ui-monospace, Menlo, Consolas, monospace; }
+p.note { background: #fff8e1; border-left: 4px solid #f0b400; padding: .4em .8em; }
+"""
+
+
+def format_value(v: Any) -> str:
+    """A number as a reader wants it: 4 significant digits, scientific when tiny or huge."""
+    if isinstance(v, bool) or v is None:
+        return "—" if v is None else str(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        if v == 0 or 1e-3 <= abs(v) < 1e5:
+            return f"{v:.4g}"
+        return f"{v:.3e}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(format_value(x) for x in v) + "]"
+    if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+        return format_value(v.item())
+    return str(v)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+@dataclasses.dataclass
+class _Paragraph:
+    text: str
+    note: bool = False
+
+    def render(self) -> str:
+        cls = ' class="note"' if self.note else ""
+        return f"<p{cls}>{html.escape(self.text)}</p>"
+
+
+@dataclasses.dataclass
+class _Figure:
+    src: str
+    caption: str
+
+    def render(self) -> str:
+        src, cap = html.escape(self.src, quote=True), html.escape(self.caption)
+        return (f'<figure><a href="{src}"><img src="{src}" alt="{html.escape(self.caption, quote=True)}">'
+                f"</a><figcaption>{cap}</figcaption></figure>")
+
+
+@dataclasses.dataclass
+class _Table:
+    headers: Sequence[str]
+    rows: Sequence[Sequence[Any]]
+    caption: str | None
+
+    def render(self) -> str:
+        out = ["<table>"]
+        if self.caption:
+            out.append(f"<caption>{html.escape(self.caption)}</caption>")
+        out.append("<thead><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in self.headers)
+                   + "</tr></thead><tbody>")
+        for row in self.rows:
+            cells = "".join(
+                f'<td class="num">{html.escape(format_value(c))}</td>' if _is_number(c)
+                else f"<td>{html.escape(format_value(c))}</td>"
+                for c in row)
+            out.append(f"<tr>{cells}</tr>")
+        out.append("</tbody></table>")
+        return "".join(out)
+
+
+class Section:
+    """One titled part of a report; add blocks in reading order."""
+
+    def __init__(self, title: str, anchor: str):
+        self.title = title
+        self.anchor = anchor
+        self.blocks: list[Any] = []
+
+    def text(self, text: str, *, note: bool = False) -> Section:
+        """A paragraph (plain text; escaped). `note=True` highlights it."""
+        self.blocks.append(_Paragraph(text, note))
+        return self
+
+    def figure(self, src: str, caption: str) -> Section:
+        """An image at `src` (relative to the page) with a one-line caption."""
+        if not caption.strip():
+            raise ValueError(f"figure {src!r} needs a caption saying what it shows")
+        if os.path.isabs(src) or src.startswith(".."):
+            raise ValueError(f"figure paths must be relative to the report and inside its folder, got {src!r}")
+        self.blocks.append(_Figure(src, caption))
+        return self
+
+    def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]], caption: str | None = None) -> Section:
+        """A table; numbers are formatted by `format_value` and right-aligned."""
+        for i, row in enumerate(rows):
+            if len(row) != len(headers):
+                raise ValueError(f"table {caption!r}: row {i} has {len(row)} cells for {len(headers)} headers")
+        self.blocks.append(_Table(list(headers), [list(r) for r in rows], caption))
+        return self
+
+    def key_values(self, items: Mapping[str, Any], caption: str | None = None,
+                   headers: Sequence[str] = ("quantity", "value")) -> Section:
+        """A two-column table from a mapping."""
+        return self.table(headers, [[k, v] for k, v in items.items()], caption)
+
+    def render(self) -> str:
+        return (f'<section id="{self.anchor}"><h2>{html.escape(self.title)}</h2>'
+                + "\n".join(b.render() for b in self.blocks) + "</section>")
+
+
+class Report:
+    """A titled page of sections, rendered to one self-contained HTML file."""
+
+    def __init__(self, title: str, intro: str | None = None):
+        self.title = title
+        self.intro = intro
+        self.sections: list[Section] = []
+
+    def section(self, title: str) -> Section:
+        anchor = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "section"
+        taken = {s.anchor for s in self.sections}
+        base, n = anchor, 2
+        while anchor in taken:
+            anchor, n = f"{base}-{n}", n + 1
+        sec = Section(title, anchor)
+        self.sections.append(sec)
+        return sec
+
+    def render(self) -> str:
+        toc = "".join(f'<li><a href="#{s.anchor}">{html.escape(s.title)}</a></li>' for s in self.sections)
+        intro = f"<p>{html.escape(self.intro)}</p>" if self.intro else ""
+        body = "\n".join(s.render() for s in self.sections)
+        return ("<!DOCTYPE html>\n"
+                f'<html lang="en"><head><meta charset="utf-8"><title>{html.escape(self.title)}</title>'
+                f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+                f"<style>{_CSS}</style></head>\n<body><h1>{html.escape(self.title)}</h1>{intro}"
+                f"<nav><ol>{toc}</ol></nav>\n{body}\n</body></html>\n")
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Render to `path` (its figures must already exist; checked) and return the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.render(), encoding="utf-8")
+        check_report(path)
+        return path
+
+
+# --------------------------------------------------------------------------- checking
+
+_VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+class _Checker(HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack: list[tuple[str, tuple[int, int]]] = []
+        self.errors: list[str] = []
+        self.images: list[str] = []
+        self.links: list[str] = []
+        self.ids: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            if not a.get("src"):
+                self.errors.append(f"line {self.getpos()[0]}: <img> without src")
+            else:
+                self.images.append(a["src"])
+            if not a.get("alt"):
+                self.errors.append(f"line {self.getpos()[0]}: <img src={a.get('src')!r}> without alt text")
+        if tag == "a" and a.get("href"):
+            self.links.append(a["href"])
+        if "id" in a:
+            self.ids.append(a["id"])
+        if tag not in _VOID:
+            self.stack.append((tag, self.getpos()))
+
+    def handle_startendtag(self, tag, attrs):
+        self.handle_starttag(tag, attrs)
+        if tag not in _VOID:
+            self.stack.pop()
+
+    def handle_endtag(self, tag):
+        if tag in _VOID:
+            return
+        if not self.stack or self.stack[-1][0] != tag:
+            open_tag = self.stack[-1][0] if self.stack else None
+            self.errors.append(f"line {self.getpos()[0]}: </{tag}> closes <{open_tag}>")
+            return
+        self.stack.pop()
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportCheck:
+    """What `check_report` found: the images and links the page references."""
+
+    images: tuple[str, ...]
+    links: tuple[str, ...]
+
+
+class ReportError(ValueError):
+    """A report page is malformed or references a missing file."""
+
+
+def check_report(path: str | os.PathLike) -> ReportCheck:
+    """Parse a report page; raise `ReportError` unless it is well formed (every
+    non-void tag closed in order, a <title>, alt text on images) and every
+    relative image or link target exists next to it."""
+    path = Path(path)
+    parser = _Checker()
+    parser.feed(path.read_text(encoding="utf-8"))
+    parser.close()
+    errors = list(parser.errors)
+    errors += [f"<{t}> opened at line {pos[0]} is never closed" for t, pos in parser.stack]
+    if "<title>" not in path.read_text(encoding="utf-8"):
+        errors.append("no <title>")
+    ids = set(parser.ids)
+    for ref in parser.images + parser.links:
+        if ref.startswith("#"):
+            if ref[1:] not in ids:
+                errors.append(f"link to missing anchor {ref}")
+        elif "://" not in ref and not ref.startswith("data:") and not (path.parent / ref).is_file():
+            errors.append(f"references {ref}, which does not exist under {path.parent}")
+    if errors:
+        raise ReportError(f"{path}: " + "; ".join(errors))
+    return ReportCheck(tuple(parser.images), tuple(parser.links))
