@@ -1,0 +1,346 @@
+"""Ablation and activation-patching sweeps, each one compiled program.
+
+A sweep runs the model once per target -- every (layer, head), every
+(layer, head, position), every (layer, position), per Q/K/V site -- with
+that target ablated or patched, and reduces each run's logits to a metric.
+Instead of a Python loop over runs, the targets are data: one bool mask per
+(site, layer) and target, all-False on the sites a target does not touch
+(an all-False mask leaves a site as it was). One jitted function maps over
+the masks, builds each run's `Intervention` from them, runs the model
+(`tm.apply_unchecked`) and applies the metric, so only the metric values
+ever leave the program. Replacement values (a source run's activations) are
+shared by all runs, not copied per target. The target axis is processed in
+chunks of `chunk_size` runs at a time (`jax.lax.map` with a batch size:
+vmapped within a chunk, scanned over chunks, still one program) to bound
+memory. An extra all-False target gives the unablated baseline in the same
+call.
+
+* `ablation_sweep`: zero, mean (this batch's mean at each position, as
+  TransformerLens's usual mean-ablation hook) or resample ablation
+  (activations of the same batch in a permuted order,
+  `jax.random.permutation(key, batch)`) of each head / position / layer.
+  `site=("q", "k", "v")` sweeps the three in one call (study 4's Q/K/V
+  ablations per head).
+* `patching_sweep`: activation patching, as TransformerLens's `patching`
+  module: run `tokens` (the corrupted input) and patch in the activation of
+  `source_tokens` (the clean input) at each target; swap the two for
+  denoising / noising.
+* `intervention_sweep`: the same machinery for any stacked intervention
+  (`toymech.interventions.stack`).
+
+Sites are short names expanded per layer with `tm.get_act_name` ("z",
+"result", "q", "k", "v", "pattern", "attn_scores" have a head axis;
+"resid_pre", "attn_out", "mlp_out", "resid_mid", "resid_post", "pre",
+"post", ... are swept per layer and position).
+
+Metrics are functions `metric(logits [batch, pos, d_vocab_out]) -> array`
+(a scalar, or e.g. one value per position); the sweep's values have shape
+[*target axes, *metric shape]. `loss_metric`, `accuracy_metric` and
+`logit_diff_metric` build `Metric`s whose arrays (labels, positions) are
+arguments of the compiled sweep, so new labels do not recompile. A plain
+function works too; it is compiled once per function object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from toymech import interventions as iv
+from toymech.analysis.attribution import logit_diff
+from toymech.config import ModelConfig
+from toymech.model import _check_inputs, apply, apply_unchecked
+from toymech.sites import AXES, check_sites, get_act_name, site_layout
+
+Array = jax.Array
+
+ABLATIONS = ("zero", "mean", "resample")
+
+
+# --- metrics -----------------------------------------------------------------
+
+
+@struct.dataclass
+class Metric:
+    """metric(logits) = fn(logits, *args): `fn` is static (part of the
+    compiled program), `args` (arrays) are traced inputs."""
+
+    fn: Callable = struct.field(pytree_node=False)
+    args: tuple = ()
+
+    def __call__(self, logits: Array) -> Array:
+        return self.fn(logits, *self.args)
+
+
+def _positions_and_labels(pos, labels, what: str) -> tuple[Array, Array]:
+    pos = np.atleast_1d(np.asarray(pos))
+    if pos.ndim != 1 or not np.issubdtype(pos.dtype, np.integer):
+        raise ValueError(f"{what}: pos must be an int position or 1-D int array of positions, got {pos!r}")
+    labels = jnp.asarray(labels)
+    if labels.ndim == 1 and len(pos) == 1:  # [batch] for a single position
+        labels = labels[:, None]
+    if labels.ndim != 2 or labels.shape[1] != len(pos) or not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"{what}: labels must be int [batch, {len(pos)}] (one per position in pos), "
+                         f"got {labels.dtype} {labels.shape}")
+    return jnp.asarray(pos), labels
+
+
+def _token_losses(logits, labels, pos):  # -> [b, n_pos]
+    logp = jax.nn.log_softmax(logits[:, pos].astype(jnp.float32), axis=-1)
+    return -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+
+
+def _mean_loss(logits, labels, pos):
+    return _token_losses(logits, labels, pos).mean()
+
+
+def _loss_per_position(logits, labels, pos):
+    return _token_losses(logits, labels, pos).mean(0)
+
+
+def _hits(logits, labels, pos):  # -> [b, n_pos]
+    return (logits[:, pos].argmax(-1) == labels).astype(jnp.float32)
+
+
+def _mean_accuracy(logits, labels, pos):
+    return _hits(logits, labels, pos).mean()
+
+
+def _accuracy_per_position(logits, labels, pos):
+    return _hits(logits, labels, pos).mean(0)
+
+
+def _mean_logit_diff(logits, correct, incorrect, pos):
+    return logit_diff(logits[:, pos], correct, incorrect).mean()
+
+
+def loss_metric(labels, pos, *, per_position: bool = False) -> Metric:
+    """Mean cross-entropy of `labels` [batch, n_pos] at positions `pos`
+    [n_pos] (e.g. pos = 8..12, labels = tokens[:, 9:13] for next-token loss):
+    a scalar, or [n_pos] with per_position."""
+    pos, labels = _positions_and_labels(pos, labels, "loss_metric")
+    return Metric(_loss_per_position if per_position else _mean_loss, (labels, pos))
+
+
+def accuracy_metric(labels, pos, *, per_position: bool = False) -> Metric:
+    """Fraction of argmax predictions at `pos` [n_pos] equal to `labels`
+    [batch, n_pos]: a scalar, or [n_pos] with per_position."""
+    pos, labels = _positions_and_labels(pos, labels, "accuracy_metric")
+    return Metric(_accuracy_per_position if per_position else _mean_accuracy, (labels, pos))
+
+
+def logit_diff_metric(correct, incorrect, pos) -> Metric:
+    """Mean of logit[correct] - logit[incorrect] at positions `pos` [n_pos];
+    correct / incorrect int [batch, n_pos] ([batch] for a single position)."""
+    _, correct = _positions_and_labels(pos, correct, "logit_diff_metric (correct)")
+    pos, incorrect = _positions_and_labels(pos, incorrect, "logit_diff_metric (incorrect)")
+    return Metric(_mean_logit_diff, (correct, incorrect, pos))
+
+
+def _as_metric(metric) -> Metric:
+    if isinstance(metric, Metric):
+        return metric
+    if not callable(metric):
+        raise TypeError(f"metric must be a callable logits -> array, got {type(metric).__name__}")
+    return Metric(metric)
+
+
+# --- the compiled sweep ------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _SiteEdits:
+    """Builds one run's intervention from its masks {site: (pos, head)}:
+    `kind` ('zero' | 'mean' | 'patch') at every site, restricted by the masks
+    (hashable, so a static argument of the compiled sweep)."""
+
+    kind: str
+    sites: tuple[str, ...]
+
+    def __call__(self, masks: dict, values: dict) -> iv.Intervention:
+        edits = []
+        for site in self.sites:
+            pos, head = masks[site]
+            if self.kind == "patch":
+                edits.append(iv.patch(site, values[site], pos=pos, head=head))
+            else:
+                edits.append(getattr(iv, self.kind)(site, pos=pos, head=head))
+        return iv.combine(*edits)
+
+
+def _given(intervention, _):
+    """The builder of `intervention_sweep`: runs are given as interventions."""
+    return intervention
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "build", "chunk_size"))
+def _run(cfg, params, tokens, key_padding_mask, metric, xs, shared, *, build, chunk_size):
+    def one(x):
+        logits, _ = apply_unchecked(cfg, params, tokens, intervention=build(x, shared),
+                                    key_padding_mask=key_padding_mask)
+        return metric(logits)
+
+    return jax.lax.map(one, xs, batch_size=chunk_size)
+
+
+def _leading_size(xs) -> int:
+    return jax.tree.leaves(xs)[0].shape[0]
+
+
+def _chunk(chunk_size: int | None, n: int) -> int:
+    if chunk_size is None:
+        return n
+    if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    return min(int(chunk_size), n)
+
+
+def intervention_sweep(cfg: ModelConfig, params: dict, tokens, interventions: iv.Intervention, metric, *,
+                       key_padding_mask=None, chunk_size: int | None = None) -> Array:
+    """metric(logits) for each intervention of a stacked batch
+    (`interventions.stack`): [n, *metric shape], in one compiled call that
+    returns only the metric values."""
+    _check_inputs(cfg, tokens, interventions, key_padding_mask, check_values=True)
+    n = iv.batch_size(interventions)
+    return _run(cfg, params, jnp.asarray(tokens), key_padding_mask, _as_metric(metric), interventions, None,
+                build=_given, chunk_size=_chunk(chunk_size, n))
+
+
+# --- site sweeps ---------------------------------------------------------------
+
+
+@struct.dataclass
+class SweepResult:
+    """A sweep's metric values, labelled.
+
+    values: [*sizes of `axes`, *metric shape], e.g. axes ('layer', 'head') ->
+      [n_layers, n_heads]; ('site', 'layer', 'head', 'pos') when several
+      sites were swept at once.
+    baseline: [*metric shape], the metric without any intervention.
+    axes: the names of the target axes of `values`.
+    sites: the short site names swept (the 'site' axis, when present).
+    kind: 'zero', 'mean', 'resample' or 'patch'.
+    """
+
+    values: Array
+    baseline: Array
+    axes: tuple[str, ...] = struct.field(pytree_node=False)
+    sites: tuple[str, ...] = struct.field(pytree_node=False)
+    kind: str = struct.field(pytree_node=False)
+
+
+def _swept_sites(cfg: ModelConfig, site) -> tuple[tuple[str, ...], bool, list[list[str]]]:
+    """Short names, whether they have a head axis, full names [site][layer]."""
+    short = (site,) if isinstance(site, str) else tuple(site)
+    if not short:
+        raise ValueError("site: give a short site name ('z', 'resid_pre', ...) or a sequence of them")
+    full = [[get_act_name(s, layer) for layer in range(cfg.n_layers)] for s in short]
+    check_sites(cfg, [name for names in full for name in names], "swept site")
+    has_head = {"head" in AXES[site_layout(names[0])] for names in full}
+    if len(has_head) > 1:
+        raise ValueError(f"sites {short} mix per-head and per-layer sites; sweep them separately")
+    return short, has_head.pop(), full
+
+
+def _target_masks(full: list[list[str]], has_head: bool, n_heads: int, n_pos: int, by_pos: bool):
+    """Masks {site: (pos [n, n_pos], head [n, n_heads] | None)} for every
+    target (site, layer[, head][, pos]) in C order, plus a last all-False
+    target (the baseline); and the target grid's shape."""
+    n_sites, n_layers = len(full), len(full[0])
+    grid = (n_sites, n_layers) + ((n_heads,) if has_head else ()) + ((n_pos,) if by_pos else ())
+    index = np.indices(grid).reshape(len(grid), -1)  # [axis, n]
+    s, layer = index[0], index[1]
+    head = index[2] if has_head else None
+    pos = index[-1] if by_pos else None
+    with_baseline = lambda m: jnp.asarray(np.concatenate([m, np.zeros_like(m[:1])]))
+    masks = {}
+    for i, names in enumerate(full):
+        for l, name in enumerate(names):
+            active = ((s == i) & (layer == l))[:, None]  # [n, 1]
+            pos_mask = active & (pos[:, None] == np.arange(n_pos)) if by_pos else active
+            pos_mask = with_baseline(np.broadcast_to(pos_mask, (len(s), n_pos)))
+            head_mask = with_baseline(active & (head[:, None] == np.arange(n_heads))) if has_head else None
+            masks[name] = (pos_mask, head_mask)
+    return masks, grid
+
+
+def _site_sweep(cfg, params, tokens, metric, site, kind, by_pos, source_tokens, key_padding_mask,
+                source_key_padding_mask, chunk_size, short_kind) -> SweepResult:
+    _check_inputs(cfg, tokens, None, key_padding_mask, check_values=True)
+    short, has_head, full = _swept_sites(cfg, site)
+    tokens = jnp.asarray(tokens)
+    masks, grid = _target_masks(full, has_head, cfg.n_heads, tokens.shape[1], by_pos)
+    sites = tuple(name for names in full for name in names)
+    values = None
+    if kind == "patch":
+        if np.shape(source_tokens) != tokens.shape:
+            raise ValueError(f"source_tokens must have the tokens' shape {tokens.shape}, "
+                             f"got {np.shape(source_tokens)}")
+        _, values = apply(cfg, params, source_tokens, capture=sites, key_padding_mask=source_key_padding_mask)
+    n = int(np.prod(grid)) + 1  # targets and the baseline
+    out = _run(cfg, params, tokens, key_padding_mask, _as_metric(metric), masks, values,
+               build=_SiteEdits(kind, sites), chunk_size=_chunk(chunk_size, n))
+    axes = (("site",) if not isinstance(site, str) else ()) + ("layer",) + (("head",) if has_head else ()) \
+        + (("pos",) if by_pos else ())
+    values_shape = grid[1:] if isinstance(site, str) else grid
+    return SweepResult(out[:-1].reshape(values_shape + out.shape[1:]), out[-1], axes, short, short_kind)
+
+
+def ablation_sweep(cfg: ModelConfig, params: dict, tokens, metric, *, site: str | Sequence[str] = "z",
+                   kind: str = "mean", by_pos: bool = False, key=None, key_padding_mask=None,
+                   chunk_size: int | None = None) -> SweepResult:
+    """Ablates each head (or layer) in turn and measures `metric`.
+
+    tokens: int [batch, pos]. metric: logits [batch, pos, vocab] -> array.
+    site: a short site name expanded per layer ('z' by default: a head's
+      output; 'result' gives the same numbers; 'q' / 'k' / 'v' / 'pattern';
+      or a per-layer site such as 'attn_out', 'mlp_out', 'resid_pre'), or a
+      sequence of names of the same kind, adding a leading 'site' axis.
+    kind: 'zero'; 'mean' (the batch mean at each position, over `tokens`);
+      'resample' (the activations of tokens[perm], perm =
+      jax.random.permutation(key, batch); needs `key`).
+    by_pos: ablate one position at a time too.
+    Returns a SweepResult with values [n_layers, n_heads] for head sites
+    ([n_layers, n_heads, pos] with by_pos), [n_layers] / [n_layers, pos] for
+    per-layer sites, with a leading [n_sites] for a sequence of sites, each
+    followed by the metric's own shape.
+    """
+    if kind not in ABLATIONS:
+        raise ValueError(f"ablation_sweep: kind must be one of {ABLATIONS}, got {kind!r}")
+    source_tokens = source_mask = None
+    if kind == "resample":
+        if key is None:
+            raise ValueError("ablation_sweep: kind='resample' needs a PRNG key (key=jax.random.key(...))")
+        perm = jax.random.permutation(key, np.shape(tokens)[0])
+        source_tokens = jnp.asarray(tokens)[perm]
+        source_mask = None if key_padding_mask is None else jnp.asarray(key_padding_mask)[perm]
+    return _site_sweep(cfg, params, tokens, metric, site, "patch" if kind == "resample" else kind, by_pos,
+                       source_tokens, key_padding_mask, source_mask, chunk_size, kind)
+
+
+def patching_sweep(cfg: ModelConfig, params: dict, tokens, source_tokens, metric, *,
+                   site: str | Sequence[str] = "resid_pre", by_pos: bool = True, key_padding_mask=None,
+                   source_key_padding_mask=None, chunk_size: int | None = None) -> SweepResult:
+    """Activation patching: runs `tokens` with the activation of
+    `source_tokens` (same shape) patched in at each target, and measures
+    `metric`. As TransformerLens's `patching.get_act_patch_*` with tokens =
+    corrupted tokens and source_tokens = the clean run's tokens:
+
+      site='resid_pre' (or 'attn_out', 'mlp_out', 'resid_mid'), by_pos=True
+        -> [n_layers, pos]                   get_act_patch_resid_pre, ...
+      site='z', by_pos=False -> [n_layers, n_heads]
+                                             get_act_patch_attn_head_out_all_pos
+      site='z', by_pos=True  -> [n_layers, n_heads, pos]  (TransformerLens:
+                                [n_layers, pos, n_heads])
+                                             get_act_patch_attn_head_out_by_pos
+      site='q' / 'k' / 'v' / 'pattern' likewise (pattern: pos = query).
+    Returns a SweepResult (values, baseline = metric of the unpatched run).
+    """
+    return _site_sweep(cfg, params, tokens, metric, site, "patch", by_pos, source_tokens, key_padding_mask,
+                       source_key_padding_mask, chunk_size, "patch")
