@@ -64,11 +64,12 @@ def config_to_dict(config: Any) -> dict:
     return to_jsonable(config)
 
 
-def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+def flatten_config(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}: dotted field names, as `--config.a.b=` spells them."""
     out = {}
     for k, v in d.items():
         if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten_config(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -76,7 +77,7 @@ def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
 
 def config_differences(stored: Mapping, given: Mapping) -> list[str]:
     """'field: stored -> given' for every dotted field whose value differs."""
-    a, b = _flatten(stored), _flatten(given)
+    a, b = flatten_config(stored), flatten_config(given)
     missing = object()
     lines = []
     for key in sorted(set(a) | set(b)):

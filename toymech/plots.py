@@ -45,22 +45,30 @@ def _label(ax, title=None, xlabel=None, ylabel=None):
         ax.set_ylabel(ylabel)
 
 
-def lines(path, x, series: Mapping[str, Sequence[float]], *, title=None, xlabel=None, ylabel=None,
-          log_y=False, vlines: Mapping[str, float] | None = None, markers=False, width=8.0,
-          height=4.5) -> str:
-    """Several curves over a shared x; `vlines` {label: x} draws labelled dashed markers."""
+def curves(path, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title=None, xlabel=None,
+           ylabel=None, log_y=False, vlines: Mapping[str, float] | None = None, markers=False,
+           highlight: Sequence[str] = (), width=8.0, height=4.5) -> str:
+    """Curves {name: (x, y)}; `vlines` {label: x} draws labelled dashed markers; curves named in
+    `highlight` are drawn thick, the others thin and grey when there are many."""
     fig, ax = _figure(width, height)
     ax = ax[0, 0]
-    for name, y in series.items():
-        ax.plot(np.asarray(x), np.asarray(y), label=name, marker="o" if markers else None, markersize=3)
+    many = len(series) > 10
+    for i, (name, (x, y)) in enumerate(series.items()):
+        style = {}
+        if many and highlight and name not in highlight:
+            style = {"color": "0.75", "linewidth": 0.7, "label": None}
+        elif highlight and name in highlight:
+            style = {"linewidth": 2.0}
+        ax.plot(np.asarray(x), np.asarray(y), **({"label": name} | style),
+                marker="o" if markers else None, markersize=3)
     if log_y:
         ax.set_yscale("log")
     for i, (name, xv) in enumerate((vlines or {}).items()):
         ax.axvline(xv, color=f"C{(i + 7) % 10}", linestyle="--", linewidth=1.2, alpha=0.8, label=name)
     _label(ax, title, xlabel, ylabel)
     ax.grid(True, alpha=0.3)
-    if series or vlines:
-        ax.legend(fontsize=8, ncol=1 + (len(series) + len(vlines or {})) // 8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 
@@ -206,4 +214,21 @@ def line_panels(path, x, panels: Sequence[Mapping[str, Sequence[float]]], titles
         _label(ax, titles[i], xlabel, ylabel)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def scree(path, ratios: Sequence[float], *, title=None, max_components=20, width=7.0, height=4.0) -> str:
+    """Explained-variance ratio per principal component (bars) and its running total (line)."""
+    r = np.asarray(ratios, float)[:max_components]
+    fig, ax = _figure(width, height)
+    ax = ax[0, 0]
+    k = np.arange(1, len(r) + 1)
+    ax.bar(k, r, alpha=0.7, label="explained variance ratio")
+    ax.plot(k, np.cumsum(r), "o--", color="C1", label="cumulative")
+    ax.axhline(0.95, color="C2", linestyle=":", linewidth=1, label="95%")
+    ax.set_ylim(0, 1.05)
+    ax.set_xticks(k)
+    _label(ax, title, "principal component", "fraction of variance")
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
     return _save(fig, path)

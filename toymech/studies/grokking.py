@@ -1,0 +1,213 @@
+"""Study 3, grokking: training, shared bookkeeping, and the report.
+
+`train_and_evaluate(config, workdir)` runs one variant of `configs/grokking.py`:
+
+1. opens the workdir (config.json written, or checked against the given config);
+2. trains the 1-layer transformer full batch with AdamW, biases frozen at zero,
+   through `toymech.train.train` (checkpoints in workdir/checkpoints, parameter
+   snapshots every `snapshot_every` epochs in workdir/snapshots, progress lines
+   on stderr); a rerun resumes, a finished run is not retrained;
+3. writes metrics.jsonl (one row per evaluation epoch);
+4. runs the analyses of the setting: modular addition
+   (`toymech.studies.grokking_modular`) or plain addition
+   (`toymech.studies.grokking_addition`);
+5. writes results.json, figures/*.png and report.html.
+
+Model seed: the initial parameters are `toymech.init_params(cfg,
+jax.random.key(model_seed))` (TransformerLens's init distribution; JAX's
+generator, so not the notebook's exact numbers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+import toymech as tm
+from toymech import experiment, plots, train
+from toymech.config import ModelConfig
+from toymech.report import Report
+from toymech.tasks import grokking as gk
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+    """A trained (or resumed) model with its data and training record.
+
+    params: final parameters; snapshots: parameters stacked over time [S, ...]
+    at `snapshot_epochs` (int [S]); train_history: per epoch ('epoch', 'loss',
+    'accuracy', 'lr'), eval_history: per evaluation epoch ('epoch', 'loss',
+    'accuracy') on the test rows.
+    """
+
+    config: Any
+    task: gk.AdditionTask
+    data: gk.Dataset
+    cfg: ModelConfig
+    params: dict
+    snapshots: dict | None
+    snapshot_epochs: np.ndarray
+    train_history: dict[str, np.ndarray]
+    eval_history: dict[str, np.ndarray]
+    train_seconds: float
+
+
+def task_from_config(config) -> gk.AdditionTask:
+    if config.task not in ("modular", "plain"):
+        raise ValueError(f"config.task must be 'modular' or 'plain', got {config.task!r}")
+    return gk.AdditionTask(int(config.p), modular=config.task == "modular")
+
+
+def _loss_fn(cfg: ModelConfig, params, batch):
+    """(mean cross-entropy at '=', {'accuracy'}) on a batch {'tokens', 'labels'}."""
+    logits, _ = tm.apply_unchecked(cfg, params, batch["tokens"])
+    return gk.cross_entropy(logits, batch["labels"]), {"accuracy": gk.accuracy(logits, batch["labels"])}
+
+
+def train_model(config, wd: experiment.Workdir) -> TrainedRun:
+    """Train (or resume, or reload a finished run) as the config says."""
+    task = task_from_config(config)
+    data = gk.make_dataset(task, float(config.frac_train), int(config.data_seed))
+    cfg = gk.model_config(task, **config.model.to_dict())
+    params0 = tm.init_params(cfg, jax.random.key(int(config.model_seed)))
+    rows = lambda idx: {"tokens": data.tokens[idx], "labels": data.labels[idx]}
+    t0 = time.perf_counter()
+    result = train.train(
+        functools.partial(_loss_fn, cfg), params0, rows(data.train), config.optimizer.to_dict(),
+        num_epochs=int(config.num_epochs), eval_data=rows(data.test), eval_every=int(config.eval_every),
+        snapshot_every=int(config.snapshot_every), workdir=str(wd.path),
+        checkpoint_every=int(config.checkpoint_every), log_every=int(config.log_every))
+    return TrainedRun(config, task, data, cfg, result.params, result.snapshots, result.snapshot_epochs,
+                      result.train_history, result.eval_history, time.perf_counter() - t0)
+
+
+def metrics_rows(run: TrainedRun) -> list[dict]:
+    """One row per evaluation epoch: train loss/accuracy of that epoch, test loss/accuracy, lr."""
+    th, eh = run.train_history, run.eval_history
+    rows = []
+    for i, epoch in enumerate(eh["epoch"]):
+        j = int(epoch) - 1
+        rows.append({"step": int(epoch), "train/loss": th["loss"][j], "train/accuracy": th["accuracy"][j],
+                     "test/loss": eh["loss"][i], "test/accuracy": eh["accuracy"][i], "lr": th["lr"][j]})
+    return rows
+
+
+def first_epoch_at_least(epochs: np.ndarray, values: np.ndarray, level: float) -> int | None:
+    """The first epoch whose value is >= level, or None."""
+    hit = np.flatnonzero(np.asarray(values) >= level)
+    return int(epochs[hit[0]]) if hit.size else None
+
+
+def training_summary(run: TrainedRun) -> dict:
+    """Headline numbers of training: final losses/accuracies and when each accuracy saturated."""
+    th, eh = run.train_history, run.eval_history
+    level = float(run.config.analysis.grokked_accuracy)
+    memorised = first_epoch_at_least(th["epoch"], th["accuracy"], level)
+    grokked = first_epoch_at_least(eh["epoch"], eh["accuracy"], level)
+    at_memorised = None
+    if memorised is not None:
+        k = int(np.searchsorted(eh["epoch"], memorised))  # first evaluation at/after it
+        at_memorised = float(eh["accuracy"][min(k, len(eh["epoch"]) - 1)])
+    return {
+        "epochs_trained": int(th["epoch"][-1]),
+        "train_seconds_this_process": run.train_seconds,
+        "final_train_loss": float(th["loss"][-1]),
+        "final_train_accuracy": float(th["accuracy"][-1]),
+        "final_test_loss": float(eh["loss"][-1]),
+        "final_test_accuracy": float(eh["accuracy"][-1]),
+        "max_test_loss": float(np.max(eh["loss"])),
+        "epoch_of_max_test_loss": int(eh["epoch"][int(np.argmax(eh["loss"]))]),
+        "accuracy_level": level,
+        "epoch_train_accuracy_reached_level": memorised,
+        "epoch_test_accuracy_reached_level": grokked,
+        "test_accuracy_when_train_reached_level": at_memorised,
+        "chance_accuracy": 1.0 / run.task.p if run.task.modular else 1.0 / (2 * run.task.p - 1),
+        "grokking_delay_epochs": (grokked - memorised) if (grokked is not None and memorised is not None) else None,
+        "n_train": int(len(run.data.train)),
+        "n_test": int(len(run.data.test)),
+    }
+
+
+def training_section(run: TrainedRun, summary: dict, wd: experiment.Workdir, rep: Report,
+                     phases: dict[str, int] | None = None) -> None:
+    """Loss and accuracy curves with the key numbers (phase boundaries marked when given)."""
+    th, eh = run.train_history, run.eval_history
+    sec = rep.section("Training")
+    step = max(1, len(th["epoch"]) // 2000)  # thin the per-epoch train curve for plotting
+    fig = wd.figure_path("loss_curves")
+    plots.curves(fig, {"train loss": (th["epoch"][::step], th["loss"][::step]),
+                       "test loss": (eh["epoch"], eh["loss"])},
+                 title="Train and test loss", xlabel="epoch", ylabel="cross-entropy (log scale)", log_y=True,
+                 vlines=phases)
+    what = ("with the phase boundaries detected from the progress measures (dashed)" if phases else "")
+    sec.figure(wd.relative(fig),
+               f"Train loss (every epoch) and test loss (every {int(run.config.eval_every)} epochs), log scale, "
+               f"{what}. Grokking shows as test loss staying high long after train loss has collapsed, then "
+               f"falling late.")
+    fig = plots.curves(wd.figure_path("accuracy_curves"),
+                       {"train accuracy": (th["epoch"][::step], th["accuracy"][::step]),
+                        "test accuracy": (eh["epoch"], eh["accuracy"])},
+                       title="Train and test accuracy", xlabel="epoch", ylabel="accuracy", vlines=phases)
+    sec.figure(wd.relative(fig), f"Train and test accuracy at the evaluation epochs; chance is "
+               f"{summary['chance_accuracy']:.3f}.")
+    sec.key_values({
+        "train examples / test examples": f"{summary['n_train']} / {summary['n_test']}",
+        "epochs trained": summary["epochs_trained"],
+        f"first epoch with train accuracy >= {summary['accuracy_level']}": summary[
+            "epoch_train_accuracy_reached_level"],
+        "test accuracy at that epoch": summary["test_accuracy_when_train_reached_level"],
+        f"first epoch with test accuracy >= {summary['accuracy_level']}": summary[
+            "epoch_test_accuracy_reached_level"],
+        "grokking delay (epochs between the two)": summary["grokking_delay_epochs"],
+        "peak test loss (epoch)": f"{summary['max_test_loss']:.4g} ({summary['epoch_of_max_test_loss']})",
+        "final train loss / accuracy": f"{summary['final_train_loss']:.3e} / {summary['final_train_accuracy']:.4f}",
+        "final test loss / accuracy": f"{summary['final_test_loss']:.3e} / {summary['final_test_accuracy']:.4f}",
+    }, caption="Training at a glance")
+
+
+def config_section(config, rep: Report) -> None:
+    sec = rep.section("Configuration")
+    flat = experiment.flatten_config(experiment.config_to_dict(config))
+    sec.table(["field", "value"], [[k, v] for k, v in flat.items()], caption="The run's config (config.json)")
+
+
+def train_and_evaluate(config, workdir) -> dict:
+    """Train (or resume) the variant in `config`, run its analyses, write the workdir.
+
+    Returns the results dict also written to workdir/results.json.
+    """
+    from toymech.studies import grokking_addition, grokking_modular  # the two settings' analyses
+
+    t0 = time.perf_counter()
+    wd = experiment.open_workdir(workdir, config)
+    run = train_model(config, wd)
+    experiment.write_metrics(wd, metrics_rows(run))
+    summary = training_summary(run)
+    results: dict[str, Any] = {"variant": config.variant, "setting": config.task, "training": summary}
+    if run.task.modular:
+        title = f"Grokking: modular addition mod {run.task.p} ({config.variant} variant)"
+        intro = grokking_modular.INTRO
+    else:
+        title = f"Grokking study, plain addition of 0..{run.task.p - 1} ({config.variant} variant)"
+        intro = grokking_addition.INTRO
+    rep = Report(title, intro)
+    if run.task.modular:
+        measures = grokking_modular.progress_measures(run)
+        training_section(run, summary, wd, rep, measures.phases)
+        results["analysis"] = grokking_modular.analyze(run, measures, wd, rep)
+    else:
+        training_section(run, summary, wd, rep)
+        results["analysis"] = grokking_addition.analyze(run, wd, rep)
+    config_section(config, rep)
+    results["seconds_total_this_process"] = time.perf_counter() - t0
+    experiment.write_results(wd, results)
+    rep.write(wd.report_path)
+    print(f"[grokking] wrote {wd.report_path} and {wd.results_path} "
+          f"({results['seconds_total_this_process']:.0f}s)", file=sys.stderr)
+    return results

@@ -1,0 +1,369 @@
+"""Study 3b: grokking modular addition (Nanda et al.'s progress measures).
+
+Analyses of the final model (all p*p inputs, `=` position):
+  fourier basis       the orthonormal real Fourier basis of Z_p
+  embedding           W_E[:p] in the Fourier basis; norms per component and frequency
+  key frequencies     frequencies whose embedding norm is >= `key_frequency_fraction`
+                      of the largest (detected, not assumed: they depend on the seed)
+  neurons             2-D Fourier transforms of neuron activations over (a, b);
+                      norms of all neurons' 2-D Fourier components
+  neuron clusters     fraction of each neuron's variance explained by each frequency;
+                      a neuron joins a frequency's cluster at >= `neuron_cluster_threshold`
+  W_logit             W_out W_U in the Fourier basis over the outputs, overall and per cluster
+  logit periodicity   the logits over (a, b, c) fitted by sum_k coeff_k cos(w_k (a + b - c))
+and over every parameter snapshot (`toymech.analysis.progress.grokking_progress`):
+  cosine coefficients per frequency, restricted loss (key frequencies only, test
+  rows), excluded loss (key frequencies removed, train rows), sum of squared weights,
+  Gini of the embedding's and W_logit's Fourier norms, and the three phases detected
+  from them by `detect_phases`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from toymech import plots
+from toymech.analysis import fourier, progress
+from toymech.experiment import Workdir
+from toymech.report import Report
+from toymech.tasks import grokking as gk
+
+INTRO = (
+    "A 1-layer, 4-head transformer (d_model 128, d_mlp 512, ReLU, no LayerNorm, biases frozen at zero) trained "
+    "full batch with AdamW and strong weight decay on a fraction of all pairs (a, b) to output (a + b) mod p from "
+    "[a, b, =]. It first memorises the training pairs, then — long after — generalises (grokking). Below: the "
+    "training curves; the Fourier-multiplication algorithm read off the final model (key frequencies in the "
+    "embedding, neurons clustered by frequency, W_logit and logits periodic in a + b - c); and Nanda et al.'s "
+    "progress measures over all snapshots, with the memorisation / circuit formation / cleanup phases detected "
+    "from the measures.")
+
+# The reference run of STUDIES.md (TransformerLens grokking demo, p = 113, 25,000 epochs).
+NANDA_REFERENCE = {
+    "test_loss_peak": 34.0, "test_loss_peak_epoch": 1400,
+    "test_loss_at_epoch": {13000: 7.5, 14000: 0.24, 14500: 0.005},
+    "final_train_loss": 1e-7, "final_test_loss": 2e-7,
+    "phase_boundaries": {"memorisation ends": 1500, "circuit formation ends": 13300, "cleanup ends": 16600},
+    "demo_key_frequencies": [17, 25, 32, 47], "paper_key_frequencies": [14, 35, 41, 42, 52],
+}
+
+PHASE_NAMES = ("memorisation ends", "circuit formation ends", "cleanup ends")
+N_NEURON_EXAMPLES = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Measures:
+    """Progress measures over the snapshots (numpy, leading axis [S]) and what is derived from them."""
+
+    epochs: np.ndarray
+    measures: progress.ProgressMeasures
+    key_freqs: tuple[int, ...]
+    phases: dict[str, int]
+    phase_rules: dict[str, str]
+
+
+def detect_phases(epochs, train_loss, test_loss, p: int, cleanup_test_loss: float) -> tuple[dict, dict]:
+    """The three phases of grokking, located from the loss measures over snapshots.
+
+    Rules (each boundary is a snapshot epoch; a boundary that is never reached is left out):
+      memorisation ends       at the peak of the test loss, searched before the
+                              circuit-formation boundary (or over all snapshots when
+                              there is none): the model has fit the training pairs as
+                              confidently as it will, and from then on the
+                              generalising circuit pulls the test loss down.
+      circuit formation ends  at the first snapshot after that where the test loss is
+                              below log(p), the loss of a uniform guess: the model
+                              starts beating chance on unseen pairs, i.e. the
+                              generalising circuit now dominates (cleanup starts).
+      cleanup ends            at the first snapshot after that where the test loss is
+                              below `cleanup_test_loss`: the memorising components are
+                              gone and the model is as good on unseen pairs as it gets.
+
+    Args:
+      epochs: int [S]; train_loss, test_loss: [S] measured at those epochs.
+      p: the modulus; cleanup_test_loss: the last rule's level.
+    Returns:
+      ({phase boundary name: epoch}, {name: the rule as text}).
+    """
+    epochs, test = np.asarray(epochs), np.asarray(test_loss, float)
+    del train_loss  # the rules use the test loss; the train loss only confirms memorisation in the report
+    chance = math.log(p)
+    below = lambda level, after: next((i for i in range(after, len(test)) if test[i] < level), None)
+    peak_all = int(np.argmax(test))
+    formation = below(chance, peak_all + 1)
+    peak = int(np.argmax(test[:formation])) if formation is not None else peak_all
+    phases = {PHASE_NAMES[0]: int(epochs[peak])}
+    if formation is not None:
+        phases[PHASE_NAMES[1]] = int(epochs[formation])
+        cleanup = below(cleanup_test_loss, formation)
+        if cleanup is not None:
+            phases[PHASE_NAMES[2]] = int(epochs[cleanup])
+    rules = {
+        PHASE_NAMES[0]: "snapshot of peak test loss (before the circuit-formation boundary)",
+        PHASE_NAMES[1]: f"first later snapshot with test loss < log(p) = {chance:.3f} (uniform guess)",
+        PHASE_NAMES[2]: f"first later snapshot with test loss < {cleanup_test_loss:g}",
+    }
+    return phases, rules
+
+
+def _np_tree(tree):
+    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def key_frequencies(params, p: int, fraction: float) -> tuple[int, ...]:
+    """Key frequencies of a model: from the norms of its number embeddings per frequency."""
+    norms = fourier.frequency_norms(jnp.asarray(params["embed"]["W_E"][:p]))
+    return tuple(int(k) for k in np.flatnonzero(np.asarray(fourier.key_frequencies(norms, fraction))))
+
+
+def progress_measures(run) -> Measures:
+    """Progress measures at every snapshot, with the final model's key frequencies and the phases."""
+    if run.snapshots is None or len(run.snapshot_epochs) == 0:
+        raise ValueError("the progress measures need parameter snapshots (config.snapshot_every)")
+    p, an = run.task.p, run.config.analysis
+    keys = key_frequencies(run.params, p, float(an.key_frequency_fraction))
+    stacked = jax.tree.map(jnp.asarray, run.snapshots)
+    m = _np_tree(progress.grokking_progress(run.cfg, stacked, run.data, keys))
+    phases, rules = detect_phases(run.snapshot_epochs, m.train_loss, m.test_loss, p, float(an.cleanup_test_loss))
+    return Measures(np.asarray(run.snapshot_epochs), m, keys, phases, rules)
+
+
+def analyze(run, meas: Measures, wd: Workdir, rep: Report) -> dict:
+    """All of study 3b on a trained run; adds report sections, returns the numbers."""
+    p, cfg, params, an = run.task.p, run.cfg, run.params, run.config.analysis
+    keys = list(meas.key_freqs)
+    out: dict = {}
+    basis, names = fourier.fourier_basis(p)
+    basis = np.asarray(basis)
+    ticks = lambda n: (list(range(0, p, n)), [names[i] for i in range(0, p, n)])
+    tick_step = max(1, p // 24)
+
+    # ---------------------------------------------------------------- Fourier basis and embedding
+    sec = rep.section("Fourier basis and the embedding")
+    f = plots.heatmap(wd.figure_path("fourier_basis"), basis, center=True, title=f"Fourier basis of Z_{p}",
+                      xlabel="input x", ylabel="basis vector", yticks=ticks(tick_step), origin_lower=False)
+    sec.figure(wd.relative(f), f"The orthonormal real Fourier basis for p = {p}: constant, then cos k and sin k "
+               f"for k = 1..{p // 2} (an even p also gets cos(πx)); rows are orthonormal.")
+    W_E = np.asarray(params["embed"]["W_E"][:p])
+    emb_f = np.asarray(fourier.fourier_1d(jnp.asarray(W_E)))  # [p, d]
+    comp_norms = np.asarray(fourier.component_norms(jnp.asarray(W_E)))  # [p]
+    freq_norms = np.asarray(fourier.frequency_norms(jnp.asarray(W_E)))  # [p//2+1]
+    f = plots.heatmap(wd.figure_path("embedding_fourier"), emb_f, center=True, xlabel="residual stream dimension",
+                      ylabel="Fourier component", yticks=ticks(tick_step), origin_lower=False,
+                      title="Embedding W_E[:p] in the Fourier basis")
+    sec.figure(wd.relative(f), "The number embeddings rewritten in the Fourier basis (rows: components, columns: "
+               "d_model): after grokking only the few key frequencies' cos/sin rows are non-zero.")
+    ks = np.arange(1, p // 2 + 1)
+    cos_n = np.array([comp_norms[fourier.component_index(p, k, "cos")] for k in ks])
+    sin_n = np.array([comp_norms[fourier.component_index(p, k, "sin")] if (2 * k != p) else 0.0 for k in ks])
+    f = plots.bars(wd.figure_path("embedding_fourier_norms"), ks, {"cos": cos_n, "sin": sin_n},
+                   xlabel="frequency k", ylabel="norm", title="Norms of the embedding's Fourier components",
+                   width=10)
+    sec.figure(wd.relative(f), f"Norm over d_model of each cos/sin component of the embedding. Key frequencies "
+               f"(norm >= {float(an.key_frequency_fraction):g} x the largest): {keys}.")
+    out["embedding"] = {"frequency_norms": freq_norms, "constant_norm": freq_norms[0],
+                        "fraction_of_norm_squared_in_key_frequencies":
+                            float((freq_norms[keys] ** 2).sum() / (freq_norms ** 2).sum()),
+                        "gini_of_component_norms": float(np.asarray(progress.gini(jnp.asarray(comp_norms))))}
+    out["key_frequencies"] = keys
+    sec.key_values({"key frequencies": keys,
+                    "share of the embedding's squared norm in them":
+                        out["embedding"]["fraction_of_norm_squared_in_key_frequencies"],
+                    "Gini of the component norms": out["embedding"]["gini_of_component_norms"]},
+                   caption="Key frequencies (they depend on the seed: the TransformerLens demo found 17, 25, 32, "
+                           "47; Nanda et al.'s seed 14, 35, 41, 42, 52)")
+
+    # ---------------------------------------------------------------- neurons
+    grid = progress.grid_forward(cfg, params, p)
+    post = np.asarray(grid.post)  # [p*p, m]
+    acts_grid = post.reshape(p, p, -1)  # [a, b, m]
+    fractions = np.asarray(fourier.neuron_frequency_fractions(jnp.asarray(acts_grid)))  # [p//2, m]
+    clusters = fourier.neuron_clusters(jnp.asarray(fractions), float(an.neuron_cluster_threshold))
+    c_freq, c_frac, c_in = (np.asarray(x) for x in clusters)
+    counts = {int(k): int(((c_freq == k) & c_in).sum()) for k in np.unique(c_freq[c_in])}
+    sec = rep.section("Neurons in the 2-D Fourier basis")
+    centred = acts_grid - acts_grid.mean(axis=(0, 1), keepdims=True)
+    comp2d = np.asarray(fourier.fourier_2d(jnp.asarray(centred)))  # [p, p, m]
+    f = plots.heatmap(wd.figure_path("neuron_fourier_norms"), np.linalg.norm(comp2d, axis=-1),
+                      xlabel="Fourier component of b", ylabel="Fourier component of a", origin_lower=False,
+                      xticks=ticks(tick_step), yticks=ticks(tick_step),
+                      title="Norm over neurons of the 2-D Fourier components", width=7.5, height=6.5)
+    sec.figure(wd.relative(f), "For each pair of Fourier components (of a, of b), the norm over all neurons of "
+               "the centred activations' 2-D coefficient: the mass sits on constant x key-frequency and key x "
+               "same-key terms, i.e. on cos/sin(w(a+b)) products.")
+    examples = []
+    for k in keys[:N_NEURON_EXAMPLES]:
+        members = np.flatnonzero((c_freq == k) & c_in)
+        if members.size:
+            examples.append(int(members[np.argmax(c_frac[members])]))
+    examples = examples or [0]
+    f = plots.heatmaps(wd.figure_path("neuron_examples_fourier"),
+                       [np.abs(np.asarray(fourier.fourier_2d(jnp.asarray(acts_grid[:, :, n])))) for n in examples],
+                       [f"neuron {n} (freq {int(c_freq[n])}, {c_frac[n]:.0%})" for n in examples],
+                       xlabel="component of b", ylabel="component of a", xticks=ticks(tick_step * 2),
+                       yticks=ticks(tick_step * 2), ncols=len(examples), panel=4.8)
+    sec.figure(wd.relative(f), "|2-D Fourier transform| of single neurons' activations over (a, b) (one per key "
+               "frequency, the neuron best explained by it): each lights up only its frequency's constant/cos/sin "
+               "terms.")
+
+    sec = rep.section("Neuron clusters by frequency")
+    order = np.lexsort((-c_frac, c_freq))
+    f = plots.heatmap(wd.figure_path("neuron_frequency_fractions"), fractions[:, order], vmin=0, vmax=1,
+                      xlabel="neuron (sorted by best frequency)", ylabel="frequency k",
+                      yticks=(list(range(0, p // 2, tick_step)), [str(k + 1) for k in range(0, p // 2, tick_step)]),
+                      title="Fraction of each neuron's variance explained by each frequency", width=10, height=5)
+    sec.figure(wd.relative(f), "Each neuron's fraction of (non-constant) variance over (a, b) explained by each "
+               "frequency; neurons sorted by their best frequency: they form clusters on the key frequencies.")
+    f = plots.curves(wd.figure_path("neuron_max_fraction"), {"max over frequencies": (
+        np.arange(len(c_frac)), np.sort(c_frac))}, xlabel="neuron (sorted)", ylabel="fraction of variance",
+        title="Best single-frequency fraction per neuron", vlines=None)
+    sec.figure(wd.relative(f), f"Best single-frequency explained fraction of every neuron, sorted; "
+               f"{int(c_in.sum())} of {len(c_in)} neurons are >= {float(an.neuron_cluster_threshold):g} "
+               f"(clustered).")
+    out["neuron_clusters"] = {
+        "threshold": float(an.neuron_cluster_threshold), "neurons_per_frequency": counts,
+        "clustered_neurons": int(c_in.sum()), "neurons": int(len(c_in)),
+        "clustered_neurons_on_key_frequencies": int(sum(v for k, v in counts.items() if k in keys)),
+        "dead_neurons": int((post.std(0) == 0).sum()),
+        "example_neurons": examples,
+    }
+    sec.table(["frequency", "neurons in cluster", "key frequency?"],
+              [[k, v, "yes" if k in keys else "no"] for k, v in sorted(counts.items())],
+              caption=f"Clusters: neurons whose best frequency explains >= "
+                      f"{float(an.neuron_cluster_threshold):g} of their variance")
+
+    # ---------------------------------------------------------------- W_logit
+    W_logit = np.asarray(progress.neuron_logit_map(params))  # [m, p]
+    wl_norms = np.asarray(fourier.component_norms(jnp.asarray(W_logit), axis=1))  # [p]
+    sec = rep.section("W_logit in the Fourier basis")
+    f = plots.bars(wd.figure_path("W_logit_fourier_norms"), list(names), wl_norms,
+                   xlabel="Fourier component of the output c", ylabel="norm over neurons",
+                   title="W_logit = W_out W_U in the Fourier basis", width=11, max_ticks=60)
+    sec.figure(wd.relative(f), "Norm over neurons of W_logit's coefficients on each Fourier component of the "
+               "output: the readout uses the key frequencies' cos and sin.")
+    panels, titles = [], []
+    for k in keys:
+        members = (c_freq == k) & c_in
+        if members.any():
+            panels.append(np.asarray(fourier.component_norms(jnp.asarray(W_logit[members]), axis=1)))
+            titles.append(f"frequency {k} cluster ({int(members.sum())} neurons)")
+    if panels:
+        f = plots.line_panels(wd.figure_path("W_logit_fourier_by_cluster"), np.arange(p),
+                              [{"norm": v} for v in panels], titles, xlabel="Fourier component index",
+                              ylabel="norm", markers=False)
+        sec.figure(wd.relative(f), "W_logit restricted to each key frequency's neuron cluster, in the Fourier "
+                   "basis: each cluster writes (almost) only its own frequency's cos/sin (components 2k-1, 2k).")
+    out["W_logit"] = {"component_norms": wl_norms,
+                      "fraction_of_norm_squared_in_key_frequencies": float(
+                          (wl_norms[[fourier.component_index(p, k, s) for k in keys for s in ("cos", "sin")
+                                     if not (s == "sin" and 2 * k == p)]] ** 2).sum() / (wl_norms ** 2).sum())}
+
+    # ---------------------------------------------------------------- logit periodicity
+    logits = np.asarray(grid.logits)  # [p*p, p]
+    cube = jnp.asarray(logits.reshape(p, p, p))
+    per = fourier.logit_periodicity(cube, keys)
+    labels = jnp.asarray(gk.labels(run.task))
+    approx = np.asarray(per.approximation).reshape(p * p, p)
+    rnd = np.random.default_rng(0).standard_normal(logits.shape)
+    out["logit_periodicity"] = {
+        "key_frequencies": keys, "coefficients": np.asarray(per.coefficients),
+        "cosine_similarities": np.asarray(per.cosine_sims),
+        "total_cosine_similarity": float(np.sqrt((np.asarray(per.cosine_sims) ** 2).sum())),
+        "residual_fraction_of_norm": float(per.residual_fraction),
+        "random_logits_cosine_similarity_baseline": float((logits * rnd).sum() / np.linalg.norm(rnd)
+                                                          / np.linalg.norm(logits)),
+        "loss_of_model_logits_all_inputs": float(gk.cross_entropy(jnp.asarray(logits), labels)),
+        "loss_of_periodic_approximation_all_inputs": float(gk.cross_entropy(jnp.asarray(approx), labels)),
+        "accuracy_of_periodic_approximation": float(gk.accuracy(jnp.asarray(approx), labels)),
+    }
+    lp = out["logit_periodicity"]
+    sec = rep.section("Logit periodicity")
+    sec.text(f"The logits over all (a, b, c) projected on the unit 'cos cubes' cos(w_k (a + b − c)), w_k = 2πk/p, "
+             f"for the key frequencies: together they carry a cosine similarity of "
+             f"{lp['total_cosine_similarity']:.3f} with the logits (random baseline "
+             f"{lp['random_logits_cosine_similarity_baseline']:.3f}); the residual is "
+             f"{lp['residual_fraction_of_norm']:.1%} of the norm. The periodic approximation alone has loss "
+             f"{lp['loss_of_periodic_approximation_all_inputs']:.3g} and accuracy "
+             f"{lp['accuracy_of_periodic_approximation']:.3f} on all inputs (model: "
+             f"{lp['loss_of_model_logits_all_inputs']:.3g}).")
+    sec.table(["key frequency", "coefficient", "cosine similarity"],
+              [[k, c, s] for k, c, s in zip(keys, lp["coefficients"], lp["cosine_similarities"])],
+              caption="Logits ≈ Σ_k coefficient_k · cos(w_k (a + b − c)) / ||cos cube||")
+    a0 = 0
+    f = plots.heatmap(wd.figure_path("logits_slice"), logits.reshape(p, p, p)[a0], center=True,
+                      xlabel="output c", ylabel="b", title=f"Logits for a = {a0} over (b, c)")
+    sec.figure(wd.relative(f), f"The logits for a = {a0} over (b, c): stripes along c − b = const, i.e. a "
+               f"function of a + b − c, as the cos(w(a + b − c)) form predicts.")
+
+    # ---------------------------------------------------------------- progress measures
+    e, m = meas.epochs, meas.measures
+    sec = rep.section("Progress measures over training")
+    sec.text("Every snapshot's measures, computed in one jitted call (toymech.analysis.progress). Restricted loss: "
+             "test loss of the model with its neuron activations reduced to the mean plus their components "
+             "along cos/sin(w_k(a+b)) for the key frequencies of the final model (logit bias-corrected as in the "
+             "notebook). Excluded loss: train loss with those components removed. Phase boundaries (dashed) are "
+             "detected from the measures: " + "; ".join(f"{k}: {v}" for k, v in meas.phase_rules.items()) + ".")
+    f = plots.curves(wd.figure_path("progress_losses"), {
+        "train loss": (e, m.train_loss), "test loss": (e, m.test_loss),
+        "restricted loss (test)": (e, m.restricted_loss), "excluded loss (train)": (e, m.excluded_loss)},
+        log_y=True, vlines=meas.phases, xlabel="epoch", ylabel="loss (log scale)",
+        title="Train, test, restricted and excluded loss")
+    sec.figure(wd.relative(f), "Restricted loss falls well before the test loss (the generalising circuit forms "
+               "during the plateau) while the excluded loss rises (the model comes to depend on the key "
+               "frequencies); phase boundaries dashed.")
+    cos = m.cos_coefficients  # [S, p//2]
+    f = plots.curves(wd.figure_path("progress_cos_coefficients"),
+                     {f"freq {k}": (e, cos[:, k - 1]) for k in range(1, p // 2 + 1)}, highlight=[f"freq {k}" for k in keys],
+                     vlines=meas.phases, xlabel="epoch", ylabel="coefficient",
+                     title="Logit cosine coefficients per frequency (key frequencies bold)")
+    sec.figure(wd.relative(f), "Coefficient of the logits on each unit cos(w_k(a+b−c)) cube over training: the "
+               "key frequencies (coloured) grow through circuit formation; all others (grey) stay near zero.")
+    f = plots.curves(wd.figure_path("progress_weight_norm"), {"sum of squared weights": (e, m.sum_squared_weights)},
+                     vlines=meas.phases, xlabel="epoch", ylabel="Σ w²", title="Total weight norm")
+    sec.figure(wd.relative(f), "Sum of squared weights: weight decay shrinks it throughout, fastest in cleanup "
+               "when the memorising components are removed.")
+    f = plots.curves(wd.figure_path("progress_gini"), {"embedding (Fourier components)": (e, m.gini_embedding),
+                                                       "W_logit (Fourier components)": (e, m.gini_logit)},
+                     vlines=meas.phases, xlabel="epoch", ylabel="Gini coefficient",
+                     title="Sparsity in the Fourier basis")
+    sec.figure(wd.relative(f), "Gini coefficient of the Fourier-component norms of W_E and of W_logit: it rises "
+               "as the model concentrates on a few frequencies.")
+    out["progress"] = {
+        "snapshot_epochs": e, "train_loss": m.train_loss, "test_loss": m.test_loss,
+        "restricted_loss": m.restricted_loss, "excluded_loss": m.excluded_loss,
+        "sum_squared_weights": m.sum_squared_weights, "gini_embedding": m.gini_embedding,
+        "gini_logit": m.gini_logit,
+        "cos_coefficients_key_frequencies": {str(k): cos[:, k - 1] for k in keys},
+        "phases": meas.phases, "phase_rules": meas.phase_rules,
+    }
+    rows = []
+    for name in PHASE_NAMES:
+        ref = NANDA_REFERENCE["phase_boundaries"][name] if run.config.variant == "nanda" else None
+        rows.append([name, meas.phases.get(name, "not reached"), meas.phase_rules[name]]
+                    + ([ref] if run.config.variant == "nanda" else []))
+    sec.table(["boundary", "epoch", "rule"] + (["reference run (drawn by hand)"] if run.config.variant == "nanda"
+                                             else []), rows, caption="Phase boundaries detected from the measures")
+    if run.config.variant == "nanda":
+        out["reference_comparison"] = _nanda_comparison(run, meas, keys, sec)
+    return out
+
+
+def _nanda_comparison(run, meas: Measures, keys, sec) -> dict:
+    """Our nanda-variant run next to the reference run of STUDIES.md."""
+    eh = run.eval_history
+    at = lambda epoch: float(eh["loss"][int(np.argmin(np.abs(eh["epoch"] - epoch)))])
+    ref = NANDA_REFERENCE
+    rows = [["peak test loss", float(np.max(eh["loss"])), ref["test_loss_peak"]],
+            ["epoch of the peak", int(eh["epoch"][int(np.argmax(eh["loss"]))]), ref["test_loss_peak_epoch"]]]
+    rows += [[f"test loss at epoch {k}", at(k), v] for k, v in ref["test_loss_at_epoch"].items()]
+    rows += [["final train loss", float(run.train_history["loss"][-1]), ref["final_train_loss"]],
+             ["final test loss", float(eh["loss"][-1]), ref["final_test_loss"]],
+             ["key frequencies", keys, ref["demo_key_frequencies"]]]
+    sec.table(["quantity", "this run", "reference run"], rows,
+              caption="This run vs the reference run (STUDIES.md; its split and init came from torch, so the "
+                      "epochs can shift and the key frequencies differ)")
+    return {r[0]: {"ours": r[1], "reference": r[2]} for r in rows}
