@@ -150,7 +150,7 @@ class FactoredMatrix:
         other = jnp.asarray(other)
         self._check_inner(self.rdim, other.shape[-2] if other.ndim > 1 else other.shape[0], "@", other.shape)
         if other.ndim == 1:
-            return self.A @ (self.B @ other)
+            return (self.A @ (self.B @ other[:, None]))[..., 0]
         return FactoredMatrix(self.A, self.B @ other)
 
     def __rmatmul__(self, other):
@@ -159,7 +159,7 @@ class FactoredMatrix:
         other = jnp.asarray(other)
         self._check_inner(other.shape[-1], self.ldim, "@ (left)", other.shape)
         if other.ndim == 1:
-            return (other @ self.A) @ self.B
+            return ((other[None, :] @ self.A) @ self.B)[..., 0, :]
         return FactoredMatrix(other @ self.A, self.B)
 
     # --- spectra -----------------------------------------------------------
