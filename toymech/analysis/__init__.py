@@ -1,0 +1,13 @@
+"""Batched, pure analyses of toymech models: one call where a notebook had a page of loops.
+
+Model-independent:
+  probes    ridge / OLS probes and fits (sklearn semantics), R², MSE, Pearson, polynomial features and fits
+  linalg    SVD, PCA with explained variance, projections onto / out of directions, cosine similarity
+  fourier   the real Fourier basis of Z_p, 1-D / 2-D transforms, key frequencies, neuron clusters,
+            logit periodicity, rfft views with top-k reconstruction
+  progress  progress measures over a stack of checkpoints (losses, weight norms, Gini, cosine
+            coefficients, restricted / excluded loss)
+  views     activations over input grids, attention statistics split by a mask
+"""
+
+from toymech.analysis import fourier, linalg, probes, progress, views
