@@ -181,7 +181,8 @@ def test_malicious_pickle_is_refused_without_running_code(tmp_path, protocol):
     assert not (tmp_path / "pwned").exists()
 
 
-@pytest.mark.parametrize("module, name", [("builtins", "eval"), ("torch", "load"), ("torch._utils", "_rebuild_qtensor")])
+@pytest.mark.parametrize(
+    "module, name", [("builtins", "eval"), ("torch", "load"), ("torch._utils", "_rebuild_qtensor")])
 def test_unpickler_allows_only_tensor_globals(tmp_path, module, name):
     payload = b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"."
     path = _write_zip(tmp_path / "x.pt", {"x/data.pkl": payload})
@@ -243,13 +244,15 @@ def test_missing_extra_and_misshaped_tensors_name_key_and_shapes():
     with pytest.raises(CheckpointError, match=r"unexpected \['blocks.0.mlp.W_gate'\]"):
         interop.params_from_state_dict(CFG, extra)
     misshaped = {**sd, "blocks.0.mlp.W_out": np.zeros((16, 9), np.float32)}
-    with pytest.raises(CheckpointError, match=r"'blocks.0.mlp.W_out' has shape \(16, 9\) but the config needs \(16, 8\)"):
+    message = r"'blocks.0.mlp.W_out' has shape \(16, 9\) but the config needs \(16, 8\)"
+    with pytest.raises(CheckpointError, match=message):
         interop.params_from_state_dict(CFG, misshaped)
 
 
 def test_overrides_that_contradict_the_checkpoint_are_clear_errors(shared_dir):
     path = _arena_path(shared_dir, "sum_model")
-    with pytest.raises(CheckpointError, match=r"sum_model.pt: .*'blocks.0.attn.W_Q' has shape \(3, 48, 24\) but the config needs \(4, 48, 24\)"):
+    message = r"sum_model.pt: .*'blocks.0.attn.W_Q' has shape \(3, 48, 24\) but the config needs \(4, 48, 24\)"
+    with pytest.raises(CheckpointError, match=message):
         interop.load_transformer_lens(path, n_heads=4)
     with pytest.raises(CheckpointError, match=r"unexpected \['blocks.0.ln1.b'"):
         interop.load_transformer_lens(path, normalization_type="LNPre")
@@ -264,7 +267,8 @@ def test_attention_direction_comes_from_the_saved_mask():
     empty = {**sd, "blocks.0.attn.mask": np.zeros((0, 0), bool), "blocks.1.attn.mask": np.zeros((0, 0), bool)}
     assert interop.config_from_state_dict(empty, act_fn="relu").attention_dir == "causal"
     # Older TransformerLens saved the triangular mask for bidirectional models too: the user says so
-    assert interop.config_from_state_dict(sd, act_fn="relu", attention_dir="bidirectional").attention_dir == "bidirectional"
+    told = interop.config_from_state_dict(sd, act_fn="relu", attention_dir="bidirectional")
+    assert told.attention_dir == "bidirectional"
     bidir = interop.to_transformer_lens(CFG.replace(attention_dir="bidirectional"), random_params(CFG))
     assert interop.config_from_state_dict(bidir, act_fn="relu").attention_dir == "bidirectional"
     with pytest.raises(CheckpointError, match="contradicts"):

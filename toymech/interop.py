@@ -168,7 +168,7 @@ class _TensorUnpickler(pickle.Unpickler):
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             raise CheckpointError(f"{self._where}: unknown persistent id {pid!r} (expected a torch storage)")
-        _, storage_type, key, location, numel = pid
+        _, storage_type, key, _location, numel = pid
         if not (isinstance(storage_type, _Global) and storage_type.dtype is not None):
             raise CheckpointError(f"{self._where}: storage reference {pid!r} names no storage type")
         if not (isinstance(key, str) and isinstance(numel, int) and numel >= 0):
@@ -311,12 +311,14 @@ def config_from_state_dict(state_dict: dict, **overrides) -> ModelConfig:
     Inferred: n_layers, d_model, d_vocab (W_E), n_ctx (W_pos), n_heads, d_head
     (W_Q), d_mlp (W_in, or None: attention-only), d_vocab_out (W_U),
     normalization_type ('LN' when LayerNorm weights are saved, else None; pass
-    'LNPre' for a model whose LayerNorm was folded), attention_dir (from the
-    saved mask, see `_attention_dir_from_masks`; 'causal' when it says nothing),
-    dtype (of W_E; float32 for a float64 file unless JAX has x64 enabled). Not recorded in a state dict, so supplied by the caller:
-    act_fn (required when the model has MLPs), eps (default 1e-5). Any field
-    may be overridden; `params_from_state_dict` then checks it against the
-    tensors.
+    'LNPre' for a model whose LayerNorm was folded), attention_dir (an all-True
+    saved mask means 'bidirectional'; a triangular or empty one gives the
+    default 'causal', which the caller overrides for a TransformerLens encoder,
+    as TransformerLens saved the triangular mask in those too), dtype (of W_E;
+    float32 for a float64 file unless JAX has x64 enabled). Not recorded in a
+    state dict, so supplied by the caller: act_fn (required when the model has
+    MLPs) and eps (default 1e-5). Any field may be overridden;
+    `params_from_state_dict` then checks it against the tensors.
     """
     unknown = set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)}
     if unknown:
@@ -418,7 +420,7 @@ def to_transformer_lens(cfg: ModelConfig, params: dict) -> dict[str, np.ndarray]
     `HookedTransformer(HookedTransformerConfig(**transformer_lens_config(cfg)))`
     with `load_state_dict(..., strict=True)`.
     """
-    flat = {name: np.asarray(leaf) for name, leaf in flatten_params(params).items()}
+    flat = {name: np.array(leaf) for name, leaf in flatten_params(params).items()}  # writable copies
     _check_against_config(cfg, flat, "params")
     mask = np.ones((cfg.n_ctx, cfg.n_ctx), bool)
     if cfg.attention_dir == "causal":
@@ -463,5 +465,5 @@ def save_transformer_lens(path: str | os.PathLike, cfg: ModelConfig, params: dic
         if value.dtype == jnp.bfloat16:  # torch.from_numpy has no bfloat16
             state_dict[name] = torch.from_numpy(value.astype(np.float32)).to(torch.bfloat16)
         else:
-            state_dict[name] = torch.from_numpy(np.ascontiguousarray(value))
+            state_dict[name] = torch.from_numpy(value)
     torch.save(state_dict, os.fspath(path))

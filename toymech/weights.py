@@ -6,13 +6,13 @@ are the reparametrisations TransformerLens applies in
 `HookedTransformer.from_pretrained` / `process_weights_`, and each preserves
 what its docstring says, up to float rounding:
 
-| function                         | logits            | log-probs | activations changed       |
-|----------------------------------|-------------------|-----------|---------------------------|
-| fold_layer_norm                  | exact             | exact     | ln*.hook_normalized        |
-| center_writing_weights           | exact (LN/LNPre)  | exact     | residual stream, *_out     |
-| center_unembed                   | + a constant per position | exact | none before the logits |
-| fold_value_biases                | exact             | exact     | hook_v, hook_z, hook_result |
-| refactor_factored_attn_matrices  | exact             | exact     | hook_q/k/v/z, hook_result  |
+| function                          | logits                  | log-probs | activations it changes            |
+|-----------------------------------|-------------------------|-----------|-----------------------------------|
+| fold_layer_norm (LN only)         | exact                   | exact     | ln*.hook_normalized               |
+| center_writing_weights (LN/LNPre) | exact                   | exact     | residual stream, attn/mlp outputs |
+| center_unembed                    | + constant per position | exact     | none (only the logits)            |
+| fold_value_biases                 | exact                   | exact     | hook_v, hook_z, hook_result       |
+| refactor_factored_attn_matrices   | exact                   | exact     | hook_q/k/v/z, hook_result         |
 
 `process_weights` applies the usual combination in TransformerLens's order.
 All functions use jnp only, so they also run under jit (with `cfg` static) or
@@ -140,7 +140,8 @@ def fold_value_biases(cfg: ModelConfig, params: dict) -> tuple[ModelConfig, dict
 
     A head's output is pattern @ (x W_V + b_V) W_O, and as each attention
     pattern row sums to 1 the b_V term adds the constant b_V W_O at every
-    position. Preserves: logits, the attention output and everything else
+    position (that attends to any key: a query whose keys are all padding
+    gets b_O alone before, b_O + b_V W_O after). Preserves: logits, the attention output and everything else
     exactly; changes hook_v, hook_z and hook_result (the per-head outputs no
     longer carry the bias, their sum plus b_O is the same). Any config.
     """
