@@ -344,3 +344,19 @@ def test_save_without_torch_says_how_to_get_the_state_dict(tmp_path, monkeypatch
     monkeypatch.setitem(__import__("sys").modules, "torch", None)  # makes `import torch` fail
     with pytest.raises(ImportError, match="to_transformer_lens"):
         interop.save_transformer_lens(tmp_path / "x.pt", CFG, random_params(CFG))
+
+
+def test_loading_needs_no_torch(shared_dir):
+    import subprocess
+    import sys
+
+    path = str(_arena_path(shared_dir, "sum_model"))
+    script = (
+        "import sys; sys.modules['torch'] = sys.modules['transformer_lens'] = None\n"  # `import torch` now fails
+        "from toymech import interop, weights\n"
+        f"cfg, params = weights.process_weights(*interop.load_transformer_lens({path!r}))\n"
+        "print(cfg.normalization_type, any(sys.modules[m] for m in list(sys.modules) if m.startswith('torch')))\n"
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=repo)
+    assert out.stdout.split() == ["LNPre", "False"]
