@@ -15,23 +15,7 @@ import toymech as tm
 
 def tl_config(cfg: tm.ModelConfig, **extra) -> HookedTransformerConfig:
     """The HookedTransformerConfig with the same architecture as `cfg`."""
-    return HookedTransformerConfig(
-        n_layers=cfg.n_layers,
-        d_model=cfg.d_model,
-        n_heads=cfg.n_heads,
-        d_head=cfg.d_head,
-        d_mlp=cfg.d_mlp,
-        attn_only=cfg.attn_only,
-        d_vocab=cfg.d_vocab,
-        d_vocab_out=cfg.d_vocab_out,
-        n_ctx=cfg.n_ctx,
-        act_fn=cfg.act_fn,
-        normalization_type=cfg.normalization_type,
-        attention_dir=cfg.attention_dir,
-        eps=cfg.eps,
-        device="cpu",
-        **extra,
-    )
+    return HookedTransformerConfig(**tm.interop.transformer_lens_config(cfg), device="cpu", **extra)
 
 
 def tl_model(cfg: tm.ModelConfig, seed: int = 0, randomize_biases: bool = True) -> HookedTransformer:

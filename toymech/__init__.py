@@ -2,10 +2,16 @@
 
 The core surface:
   ModelConfig, init_params, apply, apply_batched, get_act_name, site_names,
-  flatten_params, unflatten_params, and the `interventions` module.
+  flatten_params, unflatten_params;
+and its modules:
+  interventions  ablate / patch / project out / add, as data (vmappable)
+  interop        TransformerLens checkpoints in and out (no torch needed to read)
+  weights        TransformerLens weight processing (fold LN, centre, fold biases)
+  train          optax training in lax.scan, checkpoints, many seeds at once
+  analysis       probes, fits, Fourier, attribution, sweeps, progress measures
 """
 
-from toymech import interventions
+from toymech import analysis, interop, interventions, train, weights
 from toymech.config import ModelConfig
 from toymech.model import (
     Transformer,
@@ -23,11 +29,15 @@ __all__ = [
     "Transformer",
     "apply",
     "apply_batched",
+    "analysis",
     "apply_unchecked",
     "flatten_params",
     "get_act_name",
     "init_params",
+    "interop",
     "interventions",
     "site_names",
+    "train",
     "unflatten_params",
+    "weights",
 ]

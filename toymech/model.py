@@ -218,9 +218,13 @@ class Transformer(nn.Module):
 def init_params(cfg: ModelConfig, key: jax.Array) -> dict:
     """Fresh parameters with TransformerLens's default init (normal weights with
     std cfg.init_range, zero biases, unit LayerNorm weights)."""
+    return _init_jit(cfg, key)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_jit(cfg: ModelConfig, key: jax.Array) -> dict:
     tokens = jnp.zeros((1, cfg.n_ctx), jnp.int32)
-    init = jax.jit(lambda k: Transformer(cfg).init(k, tokens, _Sites(None, ()))["params"])
-    return init(key)
+    return Transformer(cfg).init(key, tokens, _Sites(None, ()))["params"]
 
 
 def flatten_params(params: dict) -> dict[str, jax.Array]:
