@@ -1,0 +1,357 @@
+"""Study 2, reverse and increment: training, weight ablations, residual/attention/MLP views, report.
+
+`train_and_evaluate(config, workdir)` runs one variant of `configs/reverse.py`:
+
+1. opens the workdir (config.json written, or checked against the given config);
+2. trains the 2-layer, d_model-4 decoder (`toymech.tasks.reverse`) with minibatch
+   AdamW, the notebook's warmup + cosine schedule per epoch and gradient clipping,
+   through `toymech.train.train` (checkpoints, resume); after every epoch the whole
+   train set and the holdout set are scored in the same compiled program, as the
+   notebook's `evaluate_model` does;
+3. writes metrics.jsonl (one row per epoch: loss, lr, train and holdout accuracy);
+4. analyses the final model on the holdout sequences:
+   * weight ablations (`interventions.zero_weights`): layer-0 MLP W_out, layer-1
+     MLP W_out, layer-0 attention W_O (the notebook's three) and layer-1 attention
+     W_O, all scored in one vmapped call over the stacked parameter sets;
+   * cosine similarity of the final residual stream at the output positions with
+     the digit embeddings W_E[0..3];
+   * layer-0 (and layer-1) attention from the output positions to the inputs, and
+     how much of it falls on the mirrored input that the output copies;
+   * layer-0 MLP outputs, and which embedding they point to;
+5. writes results.json, figures/*.png and report.html.
+
+Model seed: `toymech.init_params(cfg, jax.random.key(seed))` (TransformerLens's
+init distribution, JAX's generator), so not the notebook's exact initial weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import toymech as tm
+from toymech import experiment, plots, train
+from toymech import interventions as iv
+from toymech.analysis import linalg
+from toymech.config import ModelConfig
+from toymech.report import Report
+from toymech.studies.grokking import config_section, first_epoch_at_least
+from toymech.tasks import reverse as rv
+
+INTRO = (
+    "A 2-layer transformer with a 4-dimensional residual stream (1 head of width 2, MLPs of width 16, ReLU, "
+    "LayerNorm) reads [BOS, x0..x7] and writes y = reverse(x) + 1 mod 4 one token at a time. It is trained on "
+    "the first 60,000 of all 4^8 inputs and scored on the last 5,536. Below: training; what zeroing each "
+    "block's output weights does; the final residual stream compared with the digit embeddings; the attention "
+    "from each output position to the mirrored input it must copy; and the layer-0 MLP outputs. The original "
+    "notebook's numbers are shown beside ours.")
+
+# The notebook's run (seeds/001_8801df8ab1e67bca.txt; STUDIES.md section 2).
+NOTEBOOK = {
+    "first_epoch_holdout_accuracy_100": 19,
+    "final_holdout_accuracy": 1.0,
+    "ablated_holdout_accuracy": {"blocks.0.mlp.W_out": 0.2097, "blocks.1.mlp.W_out": 0.2411,
+                                 "blocks.0.attn.W_O": 0.3880},
+}
+ABLATIONS = ("blocks.0.mlp.W_out", "blocks.1.mlp.W_out", "blocks.0.attn.W_O", "blocks.1.attn.W_O")
+TOKENS = tuple(str(t) for t in range(rv.N_SYMBOLS))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+    """The final model with its data and training record.
+
+    sequences: all 65,536 sequences [n, 17]; is_train: bool [n]; train_history: per
+    epoch ('epoch', 'loss', 'accuracy' (running batch mean), 'lr' (the epoch's lr));
+    eval_history: per epoch ('epoch', 'train_accuracy', 'holdout_accuracy',
+    'train_loss', 'holdout_loss') after the epoch.
+    """
+
+    config: Any
+    cfg: ModelConfig
+    sequences: np.ndarray
+    is_train: np.ndarray
+    params: dict
+    train_history: dict[str, np.ndarray]
+    eval_history: dict[str, np.ndarray]
+    train_seconds: float
+
+    @property
+    def holdout(self) -> np.ndarray:
+        return self.sequences[~self.is_train]
+
+
+def train_model(config, wd: experiment.Workdir) -> TrainedRun:
+    """Train (or resume, or reload a finished run) as the config says."""
+    cfg = rv.model_config(**config.model.to_dict())
+    sequences = rv.all_sequences()
+    train_seqs, _ = rv.split(sequences, int(config.n_train))
+    is_train = np.arange(len(sequences)) < len(train_seqs)
+    seed = int(config.seed)
+    t0 = time.perf_counter()
+    result = train.train(
+        functools.partial(rv.loss_fn, cfg), tm.init_params(cfg, jax.random.key(seed)), train_seqs,
+        config.optimizer.to_dict(), num_epochs=int(config.num_epochs), batch_size=int(config.batch_size),
+        seed=seed, eval_data={"sequences": sequences, "is_train": is_train},
+        eval_fn=functools.partial(rv.split_metrics, cfg), eval_every=1, workdir=str(wd.path),
+        checkpoint_every=int(config.checkpoint_every), log_every=int(config.log_every))
+    return TrainedRun(config, cfg, sequences, is_train, result.params, result.train_history, result.eval_history,
+                      time.perf_counter() - t0)
+
+
+def metrics_rows(run: TrainedRun) -> list[dict]:
+    """One row per epoch, as the notebook prints: loss, lr, train and holdout accuracy."""
+    th, eh = run.train_history, run.eval_history
+    return [{"step": int(e), "train/loss": th["loss"][i], "train/batch_accuracy": th["accuracy"][i],
+             "lr": th["lr"][i], "train/accuracy": eh["train_accuracy"][i], "train/eval_loss": eh["train_loss"][i],
+             "holdout/accuracy": eh["holdout_accuracy"][i], "holdout/loss": eh["holdout_loss"][i]}
+            for i, e in enumerate(th["epoch"])]
+
+
+# --------------------------------------------------------------------------- analyses
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _position_accuracy(cfg: ModelConfig, params: dict, sequences: jax.Array) -> jax.Array:
+    """Accuracy at each output position [8] (y0..y7)."""
+    _, correct = rv.token_losses(rv.output_logits(cfg, params, sequences)[0], sequences)
+    return correct.mean(0)
+
+
+def weight_ablations(cfg: ModelConfig, params: dict, sequences: np.ndarray, names=ABLATIONS) -> np.ndarray:
+    """Accuracy per output position with no ablation (row 0) and with each weight in
+    `names` zeroed (rows 1..): [1 + len(names), 8], one vmapped call over the stacked
+    parameter sets."""
+    variants = [params] + [iv.zero_weights(params, name) for name in names]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *variants)
+    run = jax.vmap(_position_accuracy, in_axes=(None, 0, None))
+    return np.asarray(run(cfg, stacked, jnp.asarray(sequences)))
+
+
+CAPTURE = ("blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern", "blocks.0.hook_mlp_out")
+
+
+def activations(cfg: ModelConfig, params: dict, sequences: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(predicted output tokens [n, 8], {site: activation}) for the analyses' sites
+    (`CAPTURE` and the final residual stream)."""
+    final = tm.get_act_name("resid_post", cfg.n_layers - 1)
+    logits, acts = rv.output_logits(cfg, params, jnp.asarray(sequences), capture=CAPTURE + (final,))
+    acts = {k: np.asarray(v) for k, v in acts.items()}
+    acts["final"] = acts.pop(final)
+    return np.asarray(jnp.argmax(logits, -1)), acts
+
+
+def embedding_agreement(vectors: np.ndarray, W_E: np.ndarray, tokens: dict[str, np.ndarray]) -> dict:
+    """Cosine similarity of vectors [n, 8, d] (at the output positions) with the digit
+    embeddings W_E[0..3]: for each named token array [n, 8], the fraction of vectors
+    whose most similar embedding is that token, overall and per position."""
+    cos = np.asarray(linalg.cosine_similarity(jnp.asarray(vectors), jnp.asarray(W_E[: rv.N_SYMBOLS])))  # [n, 8, 4]
+    nearest = cos.argmax(-1)
+    return {"cosine": cos, **{name: {"fraction": float((nearest == t).mean()), "by_position": (nearest == t).mean(0)}
+                              for name, t in tokens.items()}}
+
+
+def attention_to_inputs(pattern: np.ndarray) -> dict:
+    """Attention from the output positions to the inputs, pattern [n, head, 16, 16].
+
+    Returns 'mean' [head, 8 outputs, 8 inputs] (rows y0..y7, columns x0..x7),
+    'mirror_weight' [head, 8] (mean weight on the mirrored input each output copies)
+    and 'mirror_is_argmax' [head, 8] (fraction of sequences whose most-attended key is
+    that input).
+    """
+    out = pattern[:, :, rv.OUTPUT_POSITIONS]  # [n, h, 8, 16]
+    mirror = out[:, :, np.arange(rv.N_DIGITS), rv.MIRROR_POSITIONS]  # [n, h, 8]
+    return {"mean": out[..., rv.INPUT_POSITIONS].mean(0), "mirror_weight": mirror.mean(0),
+            "mirror_is_argmax": (out.argmax(-1) == rv.MIRROR_POSITIONS).mean(0)}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def training_summary(run: TrainedRun) -> dict:
+    th, eh = run.train_history, run.eval_history
+    return {
+        "epochs_trained": int(th["epoch"][-1]),
+        "train_seconds_this_process": run.train_seconds,
+        "n_train": int(run.is_train.sum()), "n_holdout": int((~run.is_train).sum()),
+        "final_train_loss": float(th["loss"][-1]),
+        "final_train_accuracy": float(eh["train_accuracy"][-1]),
+        "final_holdout_accuracy": float(eh["holdout_accuracy"][-1]),
+        "final_holdout_loss": float(eh["holdout_loss"][-1]),
+        "first_epoch_holdout_accuracy_100": first_epoch_at_least(eh["epoch"], eh["holdout_accuracy"], 1.0),
+        "first_epoch_holdout_accuracy_99": first_epoch_at_least(eh["epoch"], eh["holdout_accuracy"], 0.99),
+        "epochs_at_100_holdout": int((eh["holdout_accuracy"] >= 1.0).sum()),
+        "peak_lr": float(th["lr"].max()),
+    }
+
+
+def training_section(run: TrainedRun, summary: dict, wd: experiment.Workdir, rep: Report) -> None:
+    th, eh = run.train_history, run.eval_history
+    ref = {"notebook: 100% holdout from here": NOTEBOOK["first_epoch_holdout_accuracy_100"]}
+    sec = rep.section("Training")
+    f = plots.curves(wd.figure_path("loss_curves"), {"train loss (epoch mean)": (th["epoch"], th["loss"]),
+                                                     "holdout loss": (eh["epoch"], eh["holdout_loss"])},
+                     title="Cross-entropy on the output tokens", xlabel="epoch", ylabel="loss (log scale)",
+                     log_y=True, markers=True)
+    sec.figure(wd.relative(f), "Mean cross-entropy over the 8 output tokens: the epoch mean of the training "
+               "batches, and the holdout set after each epoch.")
+    f = plots.curves(wd.figure_path("accuracy_curves"), {"train": (eh["epoch"], eh["train_accuracy"]),
+                                                         "holdout": (eh["epoch"], eh["holdout_accuracy"])},
+                     title="Output-token accuracy after each epoch", xlabel="epoch", ylabel="accuracy",
+                     markers=True, vlines=ref)
+    sec.figure(wd.relative(f), "Accuracy over the 8 output tokens on the whole train set and the holdout set "
+               "after each epoch (as the notebook's evaluate_model).")
+    f = plots.curves(wd.figure_path("learning_rate"), {"lr": (th["epoch"], th["lr"])}, title="Learning rate",
+                     xlabel="epoch", ylabel="lr", markers=True)
+    sec.figure(wd.relative(f), "The learning rate of each epoch: 6e-3 x (epoch+1)/5 for 5 warmup epochs, then "
+               "6e-3 x 0.65 (1 + cos(pi (epoch-5)/35)) (the notebook's LambdaLR, peaking at 1.3 x 6e-3).")
+    sec.key_values({
+        "train / holdout sequences": f"{summary['n_train']} / {summary['n_holdout']}",
+        "first epoch with 100% holdout accuracy (notebook 19)": summary["first_epoch_holdout_accuracy_100"],
+        "epochs at 100% holdout accuracy": f"{summary['epochs_at_100_holdout']} of {summary['epochs_trained']}",
+        "first epoch with >= 99% holdout accuracy": summary["first_epoch_holdout_accuracy_99"],
+        "final train / holdout accuracy": f"{summary['final_train_accuracy']:.4%} / "
+                                          f"{summary['final_holdout_accuracy']:.4%}",
+        "final train / holdout loss": f"{summary['final_train_loss']:.3e} / {summary['final_holdout_loss']:.3e}",
+    }, caption="Training at a glance")
+
+
+def analyze(run: TrainedRun, wd: experiment.Workdir, rep: Report) -> dict:
+    """All of study 2 on the trained model's holdout set; adds report sections, returns the numbers."""
+    cfg, params, holdout = run.cfg, run.params, run.holdout
+    n_show = min(int(run.config.analysis.n_examples), len(holdout))
+    out: dict = {}
+    W_E = np.asarray(params["embed"]["W_E"])
+    targets = holdout[:, 1 + rv.N_DIGITS:]  # [n, 8]
+    fed = holdout[:, :-1]
+    out_labels = [f"y{i}" for i in range(rv.N_DIGITS)]
+    in_labels = [f"x{i}" for i in range(rv.N_DIGITS)]
+
+    # ---------------------------------------------------------------- weight ablations
+    acc = weight_ablations(cfg, params, holdout)  # [1 + A, 8]
+    names = ("none",) + ABLATIONS
+    overall = acc.mean(-1)
+    sec = rep.section("Weight ablations")
+    ref = [NOTEBOOK["final_holdout_accuracy"]] + [NOTEBOOK["ablated_holdout_accuracy"].get(n, np.nan)
+                                                   for n in ABLATIONS]
+    f = plots.bars(wd.figure_path("weight_ablations"), list(names), {"toymech": overall, "notebook": ref},
+                   title="Holdout accuracy with one weight matrix zeroed", ylabel="accuracy")
+    sec.figure(wd.relative(f), "Holdout accuracy over the output tokens after zeroing each weight matrix "
+               "(interventions.zero_weights); the notebook did not ablate layer-1 attention W_O. Chance is 25%.")
+    f = plots.heatmap(wd.figure_path("weight_ablations_by_position"), acc, vmin=0, vmax=1, annotate=True,
+                      origin_lower=False, xlabel="output token", ylabel="zeroed weight",
+                      xticks=(list(range(rv.N_DIGITS)), out_labels), yticks=(list(range(len(names))), list(names)),
+                      title="Holdout accuracy per output token", width=8, height=4)
+    sec.figure(wd.relative(f), "The same accuracies per output token y0..y7: which outputs each component is "
+               "needed for.")
+    sec.table(["zeroed weight", "holdout accuracy (toymech)", "notebook"],
+              [[n, float(a), NOTEBOOK["ablated_holdout_accuracy"].get(n, "—") if n != "none" else 1.0]
+               for n, a in zip(names, overall)], caption="Weight ablations")
+    out["weight_ablations"] = {"names": list(names), "holdout_accuracy": overall, "by_position": acc,
+                               "notebook": NOTEBOOK["ablated_holdout_accuracy"]}
+
+    # ---------------------------------------------------------------- final residual vs embeddings
+    pred, acts = activations(cfg, params, holdout)
+    final = acts["final"][:, rv.OUTPUT_POSITIONS]  # [n, 8, d]
+    agree = embedding_agreement(final, W_E, {"target": targets, "prediction": pred})
+    cos = agree.pop("cosine")
+    by_target = np.stack([cos[targets == t].mean(0) for t in range(rv.N_SYMBOLS)])  # [4 targets, 4 embeddings]
+    sec = rep.section("Final residual stream vs the digit embeddings")
+    f = plots.heatmap(wd.figure_path("final_resid_cosine"), by_target, center=True, annotate=True,
+                      origin_lower=False, xlabel="embedding W_E[t]", ylabel="target token",
+                      xticks=(list(range(4)), TOKENS), yticks=(list(range(4)), TOKENS),
+                      title="Mean cosine similarity, final residual at output positions", width=6, height=4.5)
+    sec.figure(wd.relative(f), f"Cosine similarity of the last block's output (resid_post, before the final "
+               f"LayerNorm) at the output positions with each digit embedding, averaged over holdout outputs with "
+               f"the same target. The nearest embedding is the target for {agree['target']['fraction']:.1%} of "
+               f"outputs and the model's prediction for {agree['prediction']['fraction']:.1%}: the unembedding, "
+               f"not the embedding, is what the residual has to line up with.")
+    sec.table(["position"] + out_labels,
+              [[f"{k} = nearest embedding"] + [float(v) for v in agree[k]["by_position"]]
+               for k in ("target", "prediction")] +
+              [[f"holdout sample {b}: nearest embedding"] + [int(v) for v in cos[b].argmax(-1)]
+               for b in range(n_show)] +
+              [[f"holdout sample {b}: target"] + [int(v) for v in targets[b]] for b in range(n_show)],
+              caption="Per output position (the notebook printed the cosine similarities of two holdout samples)")
+    out["final_resid_cosine"] = {"mean_by_target": by_target, **agree,
+                                 "examples": cos[:n_show]}
+
+    # ---------------------------------------------------------------- attention
+    sec = rep.section("Attention from outputs to inputs")
+    attn = {layer: attention_to_inputs(acts[tm.get_act_name("pattern", layer)]) for layer in range(cfg.n_layers)}
+    ticks = dict(xticks=(list(range(rv.N_DIGITS)), in_labels), yticks=(list(range(rv.N_DIGITS)), out_labels))
+    panels = [attn[layer]["mean"][0] for layer in attn]
+    titles = [f"layer {layer}, mean over holdout" for layer in attn]
+    for b in range(n_show):
+        panels.append(acts["blocks.0.attn.hook_pattern"][b, 0][rv.OUTPUT_POSITIONS][:, rv.INPUT_POSITIONS])
+        titles.append(f"layer 0, holdout sample {b}")
+    f = plots.heatmaps(wd.figure_path("attention_outputs_to_inputs"), panels, titles, vmin=0, vmax=1,
+                       xlabel="key: input", ylabel="query: predicting", ncols=2, **ticks)
+    sec.figure(wd.relative(f), "Attention (head 0) from the position predicting each output y_i (rows) to the "
+               "inputs x_j (columns; the rest goes to BOS and earlier outputs). y_i copies x_(7-i), so attention "
+               "to the mirrored input is the anti-diagonal, from y0/x7 at the bottom right to y7/x0 at the top left.")
+    f = plots.bars(wd.figure_path("mirror_attention"), out_labels,
+                   {f"layer {layer}: mean weight": attn[layer]["mirror_weight"][0] for layer in attn} |
+                   {f"layer {layer}: most-attended": attn[layer]["mirror_is_argmax"][0] for layer in attn},
+                   title="Attention on the mirrored input x_(7-i)", xlabel="output", ylabel="fraction")
+    sec.figure(wd.relative(f), "For each output, the mean attention weight on the input it copies and the share "
+               "of holdout sequences whose most-attended position is that input.")
+    sec.table(["layer"] + out_labels, [[f"layer {layer}: mean weight on mirror"] + [
+        float(v) for v in attn[layer]["mirror_weight"][0]] for layer in attn] + [
+        [f"layer {layer}: mirror is most attended"] + [float(v) for v in attn[layer]["mirror_is_argmax"][0]]
+        for layer in attn], caption="Mirrored-input attention per output (head 0)")
+    out["attention"] = {f"layer_{layer}": attn[layer] for layer in attn}
+
+    # ---------------------------------------------------------------- MLP 0
+    sec = rep.section("Layer-0 MLP outputs")
+    mlp0 = acts["blocks.0.hook_mlp_out"]  # [n, 16, d]
+    mlp_agree = embedding_agreement(mlp0[:, rv.OUTPUT_POSITIONS], W_E, {
+        "target": targets, "mirrored input": fed[:, rv.MIRROR_POSITIONS],
+        "current token": fed[:, rv.OUTPUT_POSITIONS]})
+    mlp_agree.pop("cosine")
+    pos_labels = ["BOS"] + in_labels + [f"y{i}" for i in range(rv.N_DIGITS - 1)]
+    panels = [mlp0[b] for b in range(n_show)] + [np.abs(mlp0).mean(0)]
+    titles = [f"holdout sample {b}" for b in range(n_show)] + ["mean |output| over holdout"]
+    f = plots.heatmaps(wd.figure_path("mlp0_outputs"), panels, titles, center=True,
+                       xlabel="residual dimension", ylabel="position (token there)", ncols=len(panels),
+                       yticks=(list(range(len(pos_labels))), pos_labels), annotate=True, panel=4.2)
+    sec.figure(wd.relative(f), "Layer-0 MLP output (hook_mlp_out, d_model 4) at every position, for holdout "
+               "samples (the notebook printed sample 0) and its mean magnitude over the holdout set.")
+    sec.table(["nearest embedding is"] + ["overall"] + out_labels,
+              [[k, mlp_agree[k]["fraction"]] + [float(v) for v in mlp_agree[k]["by_position"]]
+               for k in ("target", "mirrored input", "current token")],
+              caption="Which digit embedding the layer-0 MLP output at each output position points to (cosine; "
+                      "chance 25%)")
+    out["mlp0"] = {**mlp_agree, "examples": mlp0[:n_show], "mean_abs": np.abs(mlp0).mean(0)}
+    return out
+
+
+def train_and_evaluate(config, workdir) -> dict:
+    """Train (or resume) the variant in `config`, run its analyses, write the workdir.
+
+    Returns the results dict also written to workdir/results.json.
+    """
+    t0 = time.perf_counter()
+    wd = experiment.open_workdir(workdir, config)
+    run = train_model(config, wd)
+    experiment.write_metrics(wd, metrics_rows(run))
+    summary = training_summary(run)
+    results: dict[str, Any] = {"variant": config.variant, "training": summary}
+    rep = Report(f"Reverse and increment ({config.variant} variant)", INTRO)
+    training_section(run, summary, wd, rep)
+    results["analysis"] = analyze(run, wd, rep)
+    results["notebook"] = NOTEBOOK
+    config_section(config, rep)
+    results["seconds_total_this_process"] = time.perf_counter() - t0
+    experiment.write_results(wd, results)
+    rep.write(wd.report_path)
+    print(f"[reverse] wrote {wd.report_path} and {wd.results_path} "
+          f"({results['seconds_total_this_process']:.0f}s)", file=sys.stderr)
+    return results
