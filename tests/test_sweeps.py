@@ -121,12 +121,9 @@ def test_per_layer_site_sweep_matches_loop(twin):
 
 @pytest.mark.parametrize("tl_name,site,by_pos,transpose", [
     ("get_act_patch_resid_pre", "resid_pre", True, None),
-    ("get_act_patch_attn_out", "attn_out", True, None),
     ("get_act_patch_mlp_out", "mlp_out", True, None),
     ("get_act_patch_attn_head_out_all_pos", "z", False, None),
     ("get_act_patch_attn_head_out_by_pos", "z", True, (0, 2, 1)),
-    ("get_act_patch_attn_head_v_all_pos", "v", False, None),
-    ("get_act_patch_attn_head_pattern_all_pos", "pattern", False, None),
     ("get_act_patch_attn_head_pattern_by_pos", "pattern", True, None),
 ])
 def test_activation_patching_matches_transformer_lens_patching(twin, tl_name, site, by_pos, transpose):
@@ -182,7 +179,7 @@ def test_sweep_equals_separate_runs_compiles_once_and_chunks_alike():
     def custom(logits):  # a plain function as the metric: loss per predicted position
         return -jax.nn.log_softmax(logits[:, POS], -1)[..., 0].mean(0)
 
-    before = sweeps._run._cache_size()
+    before = sweeps._run_site_sweep._cache_size()
     result = sweeps.ablation_sweep(cfg, params, tokens, custom, kind="zero", by_pos=True)
     assert result.values.shape == (2, 3, CFG.n_ctx, len(POS))
     for layer, head, pos in [(0, 0, 1), (1, 2, 3), (1, 1, 0)]:
@@ -194,7 +191,7 @@ def test_sweep_equals_separate_runs_compiles_once_and_chunks_alike():
     loss = lambda t: sweeps.loss_metric(t[:, POS + 1], POS)
     sweeps.ablation_sweep(cfg, params, tokens, loss(tokens), kind="zero", by_pos=True)
     sweeps.ablation_sweep(cfg, params, _tokens(8), loss(_tokens(8)), kind="zero", by_pos=True)
-    assert sweeps._run._cache_size() == before + 2
+    assert sweeps._run_site_sweep._cache_size() == before + 2
     chunked = sweeps.ablation_sweep(cfg, params, tokens, custom, kind="zero", by_pos=True, chunk_size=4)
     np.testing.assert_allclose(chunked.values, result.values, rtol=1e-6, atol=1e-6)
     chex.assert_trees_all_close(chunked.baseline, result.baseline, rtol=1e-6)

@@ -3,17 +3,25 @@
 A sweep runs the model once per target -- every (layer, head), every
 (layer, head, position), every (layer, position), per Q/K/V site -- with
 that target ablated or patched, and reduces each run's logits to a metric.
-Instead of a Python loop over runs, the targets are data: one bool mask per
-(site, layer) and target, all-False on the sites a target does not touch
-(an all-False mask leaves a site as it was). One jitted function maps over
-the masks, builds each run's `Intervention` from them, runs the model
-(`tm.apply_unchecked`) and applies the metric, so only the metric values
-ever leave the program. Replacement values (a source run's activations) are
-shared by all runs, not copied per target. The target axis is processed in
-chunks of `chunk_size` runs at a time (`jax.lax.map` with a batch size:
-vmapped within a chunk, scanned over chunks, still one program) to bound
-memory. An extra all-False target gives the unablated baseline in the same
-call.
+Instead of a Python loop over runs, the targets are data: bool masks over
+heads and positions, one row per run, all-False for the sites of its layer
+that a run does not edit (an all-False mask leaves a site as it was). One
+jitted function maps over the masks, builds each run's `Intervention`,
+runs the model (`tm.apply_unchecked`) and applies the metric, so only the
+metric values leave the program. Two things keep it cheap:
+
+* runs are grouped by layer, and a run of layer l starts from the clean
+  run's residual stream entering layer l (a full patch of hook_resid_pre,
+  so the layers before it are dead code), and
+* under vmap, whatever an edit does not reach (e.g. layer l up to the
+  ablated site) is computed once per chunk, not once per run.
+
+Replacement values (a source run's activations) are shared by all runs,
+not copied per run. Runs go in chunks of `chunk_size` (`jax.lax.map` with a
+batch size: vmapped within a chunk, scanned over chunks, still one program)
+to bound memory (default: about `CHUNK_TOKENS` token positions per chunk;
+on an accelerator larger chunks may pay). The clean run, computed anyway,
+gives the baseline metric.
 
 * `ablation_sweep`: zero, mean (this batch's mean at each position, as
   TransformerLens's usual mean-ablation hook) or resample ablation
@@ -43,7 +51,6 @@ function works too; it is compiled once per function object.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 
@@ -61,6 +68,10 @@ from toymech.sites import AXES, check_sites, get_act_name, site_layout
 Array = jax.Array
 
 ABLATIONS = ("zero", "mean", "resample")
+# Default chunk: runs x batch x pos per vmapped chunk. Chunks of this size ran
+# fastest on CPU for the sum model (1000 x 14 tokens: 4 runs a chunk), bound
+# memory, and leave tiny sweeps a single vmap.
+CHUNK_TOKENS = 1 << 16
 
 
 # --- metrics -----------------------------------------------------------------
@@ -151,54 +162,66 @@ def _as_metric(metric) -> Metric:
     return Metric(metric)
 
 
-# --- the compiled sweep ------------------------------------------------------
+# --- the compiled sweeps ----------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class _SiteEdits:
-    """Builds one run's intervention from its masks {site: (pos, head)}:
-    `kind` ('zero' | 'mean' | 'patch') at every site, restricted by the masks
-    (hashable, so a static argument of the compiled sweep)."""
-
-    kind: str
-    sites: tuple[str, ...]
-
-    def __call__(self, masks: dict, values: dict) -> iv.Intervention:
-        edits = []
-        for site in self.sites:
-            pos, head = masks[site]
-            if self.kind == "patch":
-                edits.append(iv.patch(site, values[site], pos=pos, head=head))
-            else:
-                edits.append(getattr(iv, self.kind)(site, pos=pos, head=head))
-        return iv.combine(*edits)
-
-
-def _given(intervention, _):
-    """The builder of `intervention_sweep`: runs are given as interventions."""
-    return intervention
-
-
-@functools.partial(jax.jit, static_argnames=("cfg", "build", "chunk_size"))
-def _run(cfg, params, tokens, key_padding_mask, metric, xs, shared, *, build, chunk_size):
+def _map_runs(cfg, params, tokens, key_padding_mask, metric, xs, build, chunk_size):
+    """metric(logits) of a run with intervention build(x) for each x along
+    the leading axis of `xs`, `chunk_size` runs vmapped at a time (traced:
+    call inside jit).  # [n, *metric shape]"""
     def one(x):
-        logits, _ = apply_unchecked(cfg, params, tokens, intervention=build(x, shared),
-                                    key_padding_mask=key_padding_mask)
+        logits, _ = apply_unchecked(cfg, params, tokens, intervention=build(x), key_padding_mask=key_padding_mask)
         return metric(logits)
 
-    return jax.lax.map(one, xs, batch_size=chunk_size)
+    n = jax.tree.leaves(xs)[0].shape[0]
+    return jax.lax.map(one, xs, batch_size=min(chunk_size, n))
 
 
-def _leading_size(xs) -> int:
-    return jax.tree.leaves(xs)[0].shape[0]
+@functools.partial(jax.jit, static_argnames=("cfg", "chunk_size"))
+def _run_interventions(cfg, params, tokens, key_padding_mask, metric, interventions, *, chunk_size):
+    return _map_runs(cfg, params, tokens, key_padding_mask, metric, interventions, lambda x: x, chunk_size)
 
 
-def _chunk(chunk_size: int | None, n: int) -> int:
+def _edit(kind: str, site: str, values, pos, head) -> iv.Intervention:
+    if kind == "patch":
+        return iv.patch(site, values[site], pos=pos, head=head)
+    return getattr(iv, kind)(site, pos=pos, head=head)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "kind", "sites", "chunk_size"))
+def _run_site_sweep(cfg, params, tokens, key_padding_mask, metric, masks, values, *, kind, sites, chunk_size):
+    """The runs of a site sweep, grouped by layer.
+
+    sites[l]: the swept sites of layer l; masks[l]: {site: (pos [n_l, pos],
+    head [n_l, n_heads] | None)}, one row per run of layer l (each run edits
+    one site of its layer, the masks of the others being all-False);
+    values: {site: replacement activation} for kind 'patch', else None.
+    A run of layer l starts from the clean run's hook_resid_pre of layer l
+    (a full patch, so the layers before l are not computed again), and under
+    vmap whatever its edit does not reach is computed once per chunk.
+    Returns (baseline metric, [metric values [n_l, ...] for each layer]).
+    """
+    starts = tuple(f"blocks.{layer}.hook_resid_pre" for layer in range(1, cfg.n_layers))
+    logits, clean = apply_unchecked(cfg, params, tokens, capture=starts, key_padding_mask=key_padding_mask)
+    per_layer = []
+    for layer, (layer_sites, layer_masks) in enumerate(zip(sites, masks)):
+        start = iv.patch(starts[layer - 1], clean[starts[layer - 1]]) if layer else None
+
+        def build(m, layer_sites=layer_sites, start=start):
+            return iv.combine(start, *(_edit(kind, site, values, *m[site]) for site in layer_sites))
+
+        per_layer.append(_map_runs(cfg, params, tokens, key_padding_mask, metric, layer_masks, build, chunk_size))
+    return metric(logits), per_layer
+
+
+def _chunk(chunk_size: int | None, tokens_shape) -> int:
+    """Runs per vmapped chunk: chunk_size, or by default as many as keep
+    about CHUNK_TOKENS token positions in flight (at least 1)."""
     if chunk_size is None:
-        return n
+        return max(1, CHUNK_TOKENS // int(np.prod(tokens_shape)))
     if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-    return min(int(chunk_size), n)
+    return int(chunk_size)
 
 
 def intervention_sweep(cfg: ModelConfig, params: dict, tokens, interventions: iv.Intervention, metric, *,
@@ -207,9 +230,9 @@ def intervention_sweep(cfg: ModelConfig, params: dict, tokens, interventions: iv
     (`interventions.stack`): [n, *metric shape], in one compiled call that
     returns only the metric values."""
     _check_inputs(cfg, tokens, interventions, key_padding_mask, check_values=True)
-    n = iv.batch_size(interventions)
-    return _run(cfg, params, jnp.asarray(tokens), key_padding_mask, _as_metric(metric), interventions, None,
-                build=_given, chunk_size=_chunk(chunk_size, n))
+    iv.batch_size(interventions)
+    return _run_interventions(cfg, params, jnp.asarray(tokens), key_padding_mask, _as_metric(metric),
+                              interventions, chunk_size=_chunk(chunk_size, np.shape(tokens)))
 
 
 # --- site sweeps ---------------------------------------------------------------
@@ -248,25 +271,18 @@ def _swept_sites(cfg: ModelConfig, site) -> tuple[tuple[str, ...], bool, list[li
     return short, has_head.pop(), full
 
 
-def _target_masks(full: list[list[str]], has_head: bool, n_heads: int, n_pos: int, by_pos: bool):
-    """Masks {site: (pos [n, n_pos], head [n, n_heads] | None)} for every
-    target (site, layer[, head][, pos]) in C order, plus a last all-False
-    target (the baseline); and the target grid's shape."""
-    n_sites, n_layers = len(full), len(full[0])
-    grid = (n_sites, n_layers) + ((n_heads,) if has_head else ()) + ((n_pos,) if by_pos else ())
+def _layer_masks(n_sites: int, has_head: bool, n_heads: int, n_pos: int, by_pos: bool):
+    """The masks of one layer's runs, one run per (site[, head][, pos]) in C
+    order: for each site i, (pos [n, n_pos], head [n, n_heads] | None),
+    all-False on the runs of the other sites; and the runs' grid shape."""
+    grid = (n_sites,) + ((n_heads,) if has_head else ()) + ((n_pos,) if by_pos else ())
     index = np.indices(grid).reshape(len(grid), -1)  # [axis, n]
-    s, layer = index[0], index[1]
-    head = index[2] if has_head else None
-    pos = index[-1] if by_pos else None
-    with_baseline = lambda m: jnp.asarray(np.concatenate([m, np.zeros_like(m[:1])]))
-    masks = {}
-    for i, names in enumerate(full):
-        for l, name in enumerate(names):
-            active = ((s == i) & (layer == l))[:, None]  # [n, 1]
-            pos_mask = active & (pos[:, None] == np.arange(n_pos)) if by_pos else active
-            pos_mask = with_baseline(np.broadcast_to(pos_mask, (len(s), n_pos)))
-            head_mask = with_baseline(active & (head[:, None] == np.arange(n_heads))) if has_head else None
-            masks[name] = (pos_mask, head_mask)
+    masks = []
+    for i in range(n_sites):
+        active = (index[0] == i)[:, None]  # [n, 1]
+        pos = active & (index[-1][:, None] == np.arange(n_pos)) if by_pos else active
+        head = jnp.asarray(active & (index[1][:, None] == np.arange(n_heads))) if has_head else None
+        masks.append((jnp.asarray(np.broadcast_to(pos, (index.shape[1], n_pos))), head))
     return masks, grid
 
 
@@ -275,21 +291,23 @@ def _site_sweep(cfg, params, tokens, metric, site, kind, by_pos, source_tokens, 
     _check_inputs(cfg, tokens, None, key_padding_mask, check_values=True)
     short, has_head, full = _swept_sites(cfg, site)
     tokens = jnp.asarray(tokens)
-    masks, grid = _target_masks(full, has_head, cfg.n_heads, tokens.shape[1], by_pos)
-    sites = tuple(name for names in full for name in names)
+    site_masks, grid = _layer_masks(len(short), has_head, cfg.n_heads, tokens.shape[1], by_pos)
+    sites = tuple(tuple(names[layer] for names in full) for layer in range(cfg.n_layers))  # [layer][site]
+    masks = [dict(zip(layer_sites, site_masks)) for layer_sites in sites]
     values = None
     if kind == "patch":
         if np.shape(source_tokens) != tokens.shape:
             raise ValueError(f"source_tokens must have the tokens' shape {tokens.shape}, "
                              f"got {np.shape(source_tokens)}")
-        _, values = apply(cfg, params, source_tokens, capture=sites, key_padding_mask=source_key_padding_mask)
-    n = int(np.prod(grid)) + 1  # targets and the baseline
-    out = _run(cfg, params, tokens, key_padding_mask, _as_metric(metric), masks, values,
-               build=_SiteEdits(kind, sites), chunk_size=_chunk(chunk_size, n))
-    axes = (("site",) if not isinstance(site, str) else ()) + ("layer",) + (("head",) if has_head else ()) \
-        + (("pos",) if by_pos else ())
-    values_shape = grid[1:] if isinstance(site, str) else grid
-    return SweepResult(out[:-1].reshape(values_shape + out.shape[1:]), out[-1], axes, short, short_kind)
+        _, values = apply(cfg, params, source_tokens, capture=sum(sites, ()),
+                          key_padding_mask=source_key_padding_mask)
+    baseline, per_layer = _run_site_sweep(cfg, params, tokens, key_padding_mask, _as_metric(metric), masks, values,
+                                          kind=kind, sites=sites, chunk_size=_chunk(chunk_size, tokens.shape))
+    out = jnp.stack([v.reshape(grid + v.shape[1:]) for v in per_layer], axis=1)  # [site, layer, ...]
+    axes = ("site", "layer") + (("head",) if has_head else ()) + (("pos",) if by_pos else ())
+    if isinstance(site, str):
+        out, axes = out[0], axes[1:]
+    return SweepResult(out, baseline, axes, short, short_kind)
 
 
 def ablation_sweep(cfg: ModelConfig, params: dict, tokens, metric, *, site: str | Sequence[str] = "z",
@@ -306,6 +324,9 @@ def ablation_sweep(cfg: ModelConfig, params: dict, tokens, metric, *, site: str 
       'resample' (the activations of tokens[perm], perm =
       jax.random.permutation(key, batch); needs `key`).
     by_pos: ablate one position at a time too.
+    key_padding_mask: bool [batch, pos] as in `tm.apply`.
+    chunk_size: runs per vmapped chunk (default: about CHUNK_TOKENS token
+      positions per chunk).
     Returns a SweepResult with values [n_layers, n_heads] for head sites
     ([n_layers, n_heads, pos] with by_pos), [n_layers] / [n_layers, pos] for
     per-layer sites, with a leading [n_sites] for a sequence of sites, each
@@ -340,7 +361,9 @@ def patching_sweep(cfg: ModelConfig, params: dict, tokens, source_tokens, metric
                                 [n_layers, pos, n_heads])
                                              get_act_patch_attn_head_out_by_pos
       site='q' / 'k' / 'v' / 'pattern' likewise (pattern: pos = query).
-    Returns a SweepResult (values, baseline = metric of the unpatched run).
+    key_padding_mask / source_key_padding_mask and chunk_size as in
+    `ablation_sweep`. Returns a SweepResult (values, baseline = metric of
+    the unpatched run).
     """
     return _site_sweep(cfg, params, tokens, metric, site, "patch", by_pos, source_tokens, key_padding_mask,
                        source_key_padding_mask, chunk_size, "patch")
