@@ -8,6 +8,13 @@ Model-independent:
   progress  progress measures over a stack of checkpoints (losses, weight norms, Gini, cosine
             coefficients, restricted / excluded loss)
   views     activations over input grids, attention statistics split by a mask
+
+Model-dependent:
+  attribution  residual-stream decompositions, LN scaling of stacks, direct logit attribution per
+               component and per path (component -> head), logit differences
+  circuits     FactoredMatrix (products, SVD, norms without the full matrix); QK / OV circuits
+  sweeps       ablation (zero / mean / resample) and activation-patching sweeps as one compiled call
 """
 
 from toymech.analysis import fourier, linalg, probes, progress, views
+from toymech.analysis import attribution, circuits, sweeps

@@ -102,8 +102,8 @@ class FactoredMatrix:
         """Indexes the leading (batch) axes only, e.g. `ov[head]`."""
         index = index if isinstance(index, tuple) else (index,)
         n_lead = self.ndim - 2
-        used = sum(i is not None and i is not Ellipsis for i in index)
-        if Ellipsis in index or used > n_lead:
+        used = sum(i is not None for i in index)
+        if any(i is Ellipsis for i in index) or used > n_lead:
             raise IndexError(
                 f"FactoredMatrix of shape {self.shape} indexes only its {n_lead} leading axes, got {index}"
             )
