@@ -168,6 +168,12 @@ def test_metrics_match_numpy_and_sklearn():
     other = (labels + 1) % 7
     diff = np.take_along_axis(picked, labels[..., None], -1) - np.take_along_axis(picked, other[..., None], -1)
     np.testing.assert_allclose(sweeps.logit_diff_metric(labels, other, pos)(logits), diff.mean(), rtol=1e-5)
+    # A label past the vocabulary gives NaN, not a clamped index; a negative one is refused.
+    assert np.isnan(sweeps.loss_metric(np.full_like(labels, 7), pos)(logits))
+    traced = jax.jit(lambda metric, x: metric(x))  # ids are traced: no host-side check can run
+    assert np.isnan(traced(sweeps.logit_diff_metric(labels, np.full_like(labels, 7), pos), logits))
+    with pytest.raises(ValueError, match="labels must be token ids >= 0"):
+        sweeps.accuracy_metric(-labels - 1, pos)
 
 
 def test_sweep_equals_separate_runs_compiles_once_and_chunks_alike():

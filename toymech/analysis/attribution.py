@@ -303,4 +303,5 @@ def logit_diff(logits, correct, incorrect) -> Array:
     shape, n = logits.shape[:-1], logits.shape[-1]
     ids = [jnp.broadcast_to(_check_tokens(t, n, what), shape)[..., None]
            for t, what in ((correct, "correct"), (incorrect, "incorrect"))]
-    return (jnp.take_along_axis(logits, ids[0], -1) - jnp.take_along_axis(logits, ids[1], -1))[..., 0]
+    pick = lambda i: jnp.take_along_axis(logits, i, -1, mode="fill", fill_value=jnp.nan)[..., 0]
+    return pick(ids[0]) - pick(ids[1])  # ids past the vocabulary (only possible under jit) give NaN

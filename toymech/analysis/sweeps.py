@@ -68,9 +68,10 @@ from toymech.sites import AXES, check_sites, get_act_name, site_layout
 Array = jax.Array
 
 ABLATIONS = ("zero", "mean", "resample")
-# Default chunk: runs x batch x pos per vmapped chunk. Chunks of this size ran
-# fastest on CPU for the sum model (1000 x 14 tokens: 4 runs a chunk), bound
-# memory, and leave tiny sweeps a single vmap.
+# Default chunk: about this many token positions (runs x batch x pos) per
+# vmapped chunk. Bounds memory, and leaves tiny sweeps a single vmap; on a
+# 2-core CPU, chunks of 1-4 runs of the sum model (1000 x 14 tokens) ran
+# faster than one vmap over all 84 runs.
 CHUNK_TOKENS = 1 << 16
 
 
@@ -93,18 +94,25 @@ def _positions_and_labels(pos, labels, what: str) -> tuple[Array, Array]:
     pos = np.atleast_1d(np.asarray(pos))
     if pos.ndim != 1 or not np.issubdtype(pos.dtype, np.integer):
         raise ValueError(f"{what}: pos must be an int position or 1-D int array of positions, got {pos!r}")
-    labels = jnp.asarray(labels)
+    labels = np.asarray(labels)
     if labels.ndim == 1 and len(pos) == 1:  # [batch] for a single position
         labels = labels[:, None]
-    if labels.ndim != 2 or labels.shape[1] != len(pos) or not jnp.issubdtype(labels.dtype, jnp.integer):
+    if labels.ndim != 2 or labels.shape[1] != len(pos) or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{what}: labels must be int [batch, {len(pos)}] (one per position in pos), "
                          f"got {labels.dtype} {labels.shape}")
-    return jnp.asarray(pos), labels
+    if (labels < 0).any():
+        raise ValueError(f"{what}: labels must be token ids >= 0, got {labels.min()}")
+    return jnp.asarray(pos), jnp.asarray(labels)
+
+
+def _pick(logits, ids):
+    """logits[..., ids] along the last axis; NaN for ids past the vocabulary
+    (never a silently clamped index)."""
+    return jnp.take_along_axis(logits, ids[..., None], axis=-1, mode="fill", fill_value=jnp.nan)[..., 0]
 
 
 def _token_losses(logits, labels, pos):  # -> [b, n_pos]
-    logp = jax.nn.log_softmax(logits[:, pos].astype(jnp.float32), axis=-1)
-    return -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+    return -_pick(jax.nn.log_softmax(logits[:, pos].astype(jnp.float32), axis=-1), labels)
 
 
 def _mean_loss(logits, labels, pos):
