@@ -57,7 +57,7 @@ def _base() -> ml_collections.ConfigDict:
         neuron_cluster_threshold=0.85,  # neuron belongs to a freq explaining >= this of its variance
         # Phase rules (see toymech.studies.grokking.detect_phases):
         grokked_accuracy=0.99,  # test accuracy that counts as generalised
-        cleanup_test_loss=0.01,  # cleanup ends when test loss first falls below this
+        cleanup_test_loss=1e-3,  # cleanup ends when test loss first falls below this
         ))
     return c
 

@@ -10,10 +10,12 @@ with the same workdir resumes it; a different config in that workdir is refused.
 """
 
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from toymech.experiment import ConfigMismatchError
 from toymech.studies import grokking
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "configs", "grokking.py")
@@ -27,7 +29,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for everything the ru
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    grokking.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    try:
+        grokking.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except ConfigMismatchError as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -110,12 +110,12 @@ def _heat(ax, fig, m, *, title=None, xlabel=None, ylabel=None, center=False, cma
     im = ax.imshow(m, cmap=cmap or "viridis", vmin=vmin, vmax=vmax, aspect="auto",
                    origin="lower" if origin_lower else "upper", interpolation="nearest")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
-    for ticks, setter, labeler in ((xticks, ax.set_xticks, ax.set_xticklabels),
-                                   (yticks, ax.set_yticks, ax.set_yticklabels)):
+    for ticks, setter, labeler, rotate in ((xticks, ax.set_xticks, ax.set_xticklabels, 90),
+                                           (yticks, ax.set_yticks, ax.set_yticklabels, 0)):
         if ticks is not None:
             idx, names = ticks
             setter(idx)
-            labeler(names, fontsize=7)
+            labeler(names, fontsize=7, rotation=rotate if len(idx) > 8 else 0)
     if annotate:
         for (r, c), v in np.ndenumerate(m):
             if np.isfinite(v):

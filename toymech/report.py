@@ -160,14 +160,15 @@ class Report:
         self.intro = intro
         self.sections: list[Section] = []
 
-    def section(self, title: str) -> Section:
+    def section(self, title: str, position: int | None = None) -> Section:
+        """A new section, appended (or inserted at `position` in the page order)."""
         anchor = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "section"
         taken = {s.anchor for s in self.sections}
         base, n = anchor, 2
         while anchor in taken:
             anchor, n = f"{base}-{n}", n + 1
         sec = Section(title, anchor)
-        self.sections.append(sec)
+        self.sections.insert(len(self.sections) if position is None else position, sec)
         return sec
 
     def render(self) -> str:

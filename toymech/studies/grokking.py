@@ -171,6 +171,49 @@ def training_section(run: TrainedRun, summary: dict, wd: experiment.Workdir, rep
     }, caption="Training at a glance")
 
 
+def headline(run: TrainedRun, summary: dict, analysis: dict) -> dict:
+    """The few numbers a reader wants first (also results.json's 'headline')."""
+    level = summary["accuracy_level"]
+    out = {"final_test_accuracy": summary["final_test_accuracy"],
+           "generalised": summary["final_test_accuracy"] >= level,
+           "epoch_train_accuracy_reached_level": summary["epoch_train_accuracy_reached_level"],
+           "test_accuracy_then": summary["test_accuracy_when_train_reached_level"],
+           "grokking_epoch": summary["epoch_test_accuracy_reached_level"]}
+    if run.task.modular:
+        out["key_frequencies"] = analysis["key_frequencies"]
+        out["phases"] = analysis["progress"]["phases"]
+    else:
+        out["pc2_ablation_accuracy"] = [analysis["pc2_ablation"]["accuracy_before"],
+                                        analysis["pc2_ablation"]["accuracy_after"]]
+        out["pre_relu_poly2_mean_r2"] = analysis["neuron_fits"]["pre_relu_poly2_r2"]["mean"]
+        out["W_L_top2_pc_variance_ratio"] = analysis["W_L_pca"]["top2_variance_ratio"]
+    return out
+
+
+def summary_section(h: dict, rep: Report) -> None:
+    """The page's first section: what happened, in words."""
+    sec = rep.section("Summary", position=0)
+    pct = lambda v: "—" if v is None else f"{100 * float(v):.1f}%"
+    words = (f"Train accuracy reached 99% at epoch {h['epoch_train_accuracy_reached_level']}, when test accuracy "
+             f"was {pct(h['test_accuracy_then'])}; ")
+    if h["grokking_epoch"] is not None:
+        words += f"test accuracy reached 99% at epoch {h['grokking_epoch']}. "
+    else:
+        words += "test accuracy never reached 99% in this run. "
+    words += f"Final test accuracy: {pct(h['final_test_accuracy'])}."
+    if "key_frequencies" in h:
+        words += (f" The final model computes (a + b) mod p with the key frequencies {h['key_frequencies']}; "
+                  "phase boundaries detected from the progress measures: "
+                  + (", ".join(f"{k} at epoch {v}" for k, v in h["phases"].items()) or "none") + ".")
+    else:
+        before, after = h["pc2_ablation_accuracy"]
+        words += (f" Removing the embedding's PC2 takes accuracy from {before:.2f} to {after:.2f} (notebook 1.00 → "
+                  f"0.42); neuron pre-activations are degree-2 polynomials of the embedding PCs (mean R² "
+                  f"{float(h['pre_relu_poly2_mean_r2']):.3f}); the top two PCs of W_L's columns hold "
+                  f"{pct(h['W_L_top2_pc_variance_ratio'])} of their variance.")
+    sec.text(words)
+
+
 def config_section(config, rep: Report) -> None:
     sec = rep.section("Configuration")
     flat = experiment.flatten_config(experiment.config_to_dict(config))
@@ -204,6 +247,8 @@ def train_and_evaluate(config, workdir) -> dict:
     else:
         training_section(run, summary, wd, rep)
         results["analysis"] = grokking_addition.analyze(run, wd, rep)
+    results["headline"] = headline(run, summary, results["analysis"])
+    summary_section(results["headline"], rep)
     config_section(config, rep)
     results["seconds_total_this_process"] = time.perf_counter() - t0
     experiment.write_results(wd, results)

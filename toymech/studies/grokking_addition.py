@@ -96,6 +96,28 @@ def _overall_r2(actual: np.ndarray, simulated: np.ndarray) -> float:
     return float(1 - np.sum((actual - simulated) ** 2) / np.sum((actual - actual.mean()) ** 2))
 
 
+def pc_ablated_embeddings(W_E: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two ablated versions of the digit embeddings W_E [p, d] -> ([p, d], [p, d]).
+
+    keep_pc1: mean + (PC1 score) * PC1 for each digit, the notebook's "PC2 ablation"
+      (which also drops PCs 3+);
+    drop_pc2: W_E minus (PC2 score) * PC2, removing the PC2 part only.
+    """
+    emb = linalg.pca(jnp.asarray(W_E))
+    mean, comps, scores = _np(emb.mean), _np(emb.components), _np(emb.scores)  # [d], [k, d], [p, k]
+    return mean + scores[:, :1] @ comps[:1], W_E - scores[:, 1:2] @ comps[1:2]
+
+
+def embedding_patch(tokens: np.ndarray, table: np.ndarray) -> iv.Intervention:
+    """Patch hook_embed at the a and b positions with `table[token]` ('=' untouched).
+
+    tokens: int [n, 3]; table: [p, d] replacement embeddings of the digits.
+    """
+    value = np.zeros((len(tokens), tokens.shape[1], table.shape[1]), np.float32)  # [n, pos, d]
+    value[:, :2] = table[tokens[:, :2]]
+    return iv.patch(EMBED, value, pos=np.array([True, True, False]))
+
+
 def analyze(run, wd: Workdir, rep: Report) -> dict:
     """All of study 3a on a trained run; adds report sections, returns the numbers."""
     p, cfg, params = run.task.p, run.cfg, run.params
@@ -259,18 +281,9 @@ def analyze(run, wd: Workdir, rep: Report) -> dict:
               caption="Per-neuron fits of MLP activations on the embedding PC features")
 
     # ---------------------------------------------------------------- PC2 ablation (a real intervention)
-    mean, comps = _np(emb.mean), _np(emb.components)  # [d], [k, d]
-    keep_pc1 = mean + scores[:, :1] @ comps[:1]  # [p, d] each digit's embedding: mean + its PC1 part
-    drop_pc2 = W_E - scores[:, 1:2] @ comps[1:2]  # [p, d] each digit's embedding minus its PC2 part
-    at_ab = np.array([True, True, False])  # positions a, b; '=' untouched
-
-    def embed_patch(table):
-        value = np.zeros((len(tokens), 3, table.shape[1]), np.float32)
-        value[:, :2] = table[tokens[:, :2]]
-        return iv.patch(EMBED, value, pos=at_ab)
-
-    abl_logits, abl_pre, abl_post = _final(cfg, params, tokens, embed_patch(keep_pc1))
-    drop_logits, _, _ = _final(cfg, params, tokens, embed_patch(drop_pc2))
+    keep_pc1, drop_pc2 = pc_ablated_embeddings(W_E)
+    abl_logits, _, _ = _final(cfg, params, tokens, embedding_patch(tokens, keep_pc1))
+    drop_logits, _, _ = _final(cfg, params, tokens, embedding_patch(tokens, drop_pc2))
     pred, abl_pred = logits.argmax(-1), abl_logits.argmax(-1)
     acc_before, acc_after = float((pred == target).mean()), float((abl_pred == target).mean())
     acc_drop_only = float((drop_logits.argmax(-1) == target).mean())

@@ -21,6 +21,7 @@ and over every parameter snapshot (`toymech.analysis.progress.grokking_progress`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -66,45 +67,45 @@ class Measures:
     phase_rules: dict[str, str]
 
 
-def detect_phases(epochs, train_loss, test_loss, p: int, cleanup_test_loss: float) -> tuple[dict, dict]:
-    """The three phases of grokking, located from the loss measures over snapshots.
+def detect_phases(epochs, test_loss, excluded_loss, p: int, cleanup_test_loss: float) -> tuple[dict, dict]:
+    """The three phases of grokking, located from the progress measures over snapshots.
 
-    Rules (each boundary is a snapshot epoch; a boundary that is never reached is left out):
-      memorisation ends       at the peak of the test loss, searched before the
-                              circuit-formation boundary (or over all snapshots when
-                              there is none): the model has fit the training pairs as
-                              confidently as it will, and from then on the
-                              generalising circuit pulls the test loss down.
-      circuit formation ends  at the first snapshot after that where the test loss is
-                              below log(p), the loss of a uniform guess: the model
-                              starts beating chance on unseen pairs, i.e. the
-                              generalising circuit now dominates (cleanup starts).
-      cleanup ends            at the first snapshot after that where the test loss is
-                              below `cleanup_test_loss`: the memorising components are
-                              gone and the model is as good on unseen pairs as it gets.
+    Rules (each boundary is a snapshot epoch; one that is never reached is left out):
+      circuit formation ends  at the first snapshot after the test-loss peak where the
+                              test loss is below log(p), the loss of a uniform guess: the
+                              model starts beating chance on unseen pairs, i.e. the
+                              generalising circuit now dominates and cleanup starts.
+      memorisation ends       at the minimum of the excluded loss (the train loss with the
+                              key frequencies removed), searched before that boundary (over
+                              all snapshots when there is none): until then the model fits
+                              the training pairs without the key frequencies; afterwards it
+                              increasingly relies on them (circuit formation).
+      cleanup ends            at the first snapshot after circuit formation ends where the
+                              test loss is below `cleanup_test_loss`: the memorising
+                              components are gone.
 
     Args:
-      epochs: int [S]; train_loss, test_loss: [S] measured at those epochs.
+      epochs: int [S]; test_loss, excluded_loss: [S] measured at those epochs.
       p: the modulus; cleanup_test_loss: the last rule's level.
     Returns:
-      ({phase boundary name: epoch}, {name: the rule as text}).
+      ({boundary name: epoch}, {boundary name: the rule as text}), in time order.
     """
-    epochs, test = np.asarray(epochs), np.asarray(test_loss, float)
-    del train_loss  # the rules use the test loss; the train loss only confirms memorisation in the report
+    epochs = np.asarray(epochs)
+    test, excluded = np.asarray(test_loss, float), np.asarray(excluded_loss, float)
     chance = math.log(p)
-    below = lambda level, after: next((i for i in range(after, len(test)) if test[i] < level), None)
-    peak_all = int(np.argmax(test))
-    formation = below(chance, peak_all + 1)
-    peak = int(np.argmax(test[:formation])) if formation is not None else peak_all
-    phases = {PHASE_NAMES[0]: int(epochs[peak])}
+    below = lambda level, start: next((i for i in range(start, len(test)) if test[i] < level), None)
+    formation = below(chance, int(np.argmax(test)) + 1)
+    memorised = int(np.argmin(excluded[:formation]))  # formation is None (all) or >= 1
+    phases = {PHASE_NAMES[0]: int(epochs[memorised])}
     if formation is not None:
         phases[PHASE_NAMES[1]] = int(epochs[formation])
         cleanup = below(cleanup_test_loss, formation)
         if cleanup is not None:
             phases[PHASE_NAMES[2]] = int(epochs[cleanup])
     rules = {
-        PHASE_NAMES[0]: "snapshot of peak test loss (before the circuit-formation boundary)",
-        PHASE_NAMES[1]: f"first later snapshot with test loss < log(p) = {chance:.3f} (uniform guess)",
+        PHASE_NAMES[0]: "snapshot of minimum excluded loss (before circuit formation ends)",
+        PHASE_NAMES[1]: f"first snapshot after the test-loss peak with test loss < log(p) = {chance:.3f} "
+                        f"(a uniform guess)",
         PHASE_NAMES[2]: f"first later snapshot with test loss < {cleanup_test_loss:g}",
     }
     return phases, rules
@@ -128,14 +129,49 @@ def progress_measures(run) -> Measures:
     keys = key_frequencies(run.params, p, float(an.key_frequency_fraction))
     stacked = jax.tree.map(jnp.asarray, run.snapshots)
     m = _np_tree(progress.grokking_progress(run.cfg, stacked, run.data, keys))
-    phases, rules = detect_phases(run.snapshot_epochs, m.train_loss, m.test_loss, p, float(an.cleanup_test_loss))
+    phases, rules = detect_phases(run.snapshot_epochs, m.test_loss, m.excluded_loss, p,
+                                  float(an.cleanup_test_loss))
     return Measures(np.asarray(run.snapshot_epochs), m, keys, phases, rules)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "p", "keys"))
+def final_model_arrays(cfg, params, p: int, keys: tuple[int, ...]) -> dict:
+    """Every array the final-model analyses need, in one compiled program (op-by-op
+    dispatch of the same work would compile each small op separately).
+
+    Shapes: embedding_fourier [p, d_model]; component_norms [p]; frequency_norms
+    [p//2+1]; logits [p*p, p]; post [p*p, d_mlp]; neuron_fractions [p//2, d_mlp];
+    neuron_fourier_2d [p, p, d_mlp]; W_logit_fourier [d_mlp, p] (W_out W_U in the Fourier basis);
+    W_logit_component_norms [p]; periodicity_* per key frequency; periodic_logits
+    [p*p, p]; scalars otherwise.
+    """
+    W_E = params["embed"]["W_E"][:p]  # [p, d]
+    grid = progress.grid_forward(cfg, params, p)
+    acts = grid.post.reshape(p, p, -1)  # [a, b, m]
+    W_logit = progress.neuron_logit_map(params)  # [m, p]
+    labels = jnp.asarray(gk.labels(gk.AdditionTask(p)))
+    comp = fourier.component_norms(W_E)
+    per = fourier.logit_periodicity(grid.logits.reshape(p, p, -1), keys)
+    approx = per.approximation.reshape(p * p, -1)
+    return {
+        "embedding_fourier": fourier.fourier_1d(W_E), "component_norms": comp,
+        "frequency_norms": fourier.frequency_norms(W_E), "embedding_gini": progress.gini(comp),
+        "logits": grid.logits, "post": grid.post,
+        "neuron_fractions": fourier.neuron_frequency_fractions(acts), "neuron_fourier_2d": fourier.fourier_2d(acts),
+        "W_logit_fourier": fourier.fourier_1d(W_logit, axis=1),
+        "W_logit_component_norms": fourier.component_norms(W_logit, axis=1),
+        "periodicity_coefficients": per.coefficients, "periodicity_cosine_sims": per.cosine_sims,
+        "periodicity_residual_fraction": per.residual_fraction, "periodic_logits": approx,
+        "loss_model": gk.cross_entropy(grid.logits, labels), "loss_periodic": gk.cross_entropy(approx, labels),
+        "accuracy_periodic": gk.accuracy(approx, labels),
+    }
 
 
 def analyze(run, meas: Measures, wd: Workdir, rep: Report) -> dict:
     """All of study 3b on a trained run; adds report sections, returns the numbers."""
     p, cfg, params, an = run.task.p, run.cfg, run.params, run.config.analysis
     keys = list(meas.key_freqs)
+    arr = _np_tree(final_model_arrays(cfg, params, p, tuple(keys)))
     out: dict = {}
     basis, names = fourier.fourier_basis(p)
     basis = np.asarray(basis)
@@ -148,10 +184,7 @@ def analyze(run, meas: Measures, wd: Workdir, rep: Report) -> dict:
                       xlabel="input x", ylabel="basis vector", yticks=ticks(tick_step), origin_lower=False)
     sec.figure(wd.relative(f), f"The orthonormal real Fourier basis for p = {p}: constant, then cos k and sin k "
                f"for k = 1..{p // 2} (an even p also gets cos(πx)); rows are orthonormal.")
-    W_E = np.asarray(params["embed"]["W_E"][:p])
-    emb_f = np.asarray(fourier.fourier_1d(jnp.asarray(W_E)))  # [p, d]
-    comp_norms = np.asarray(fourier.component_norms(jnp.asarray(W_E)))  # [p]
-    freq_norms = np.asarray(fourier.frequency_norms(jnp.asarray(W_E)))  # [p//2+1]
+    emb_f, comp_norms, freq_norms = arr["embedding_fourier"], arr["component_norms"], arr["frequency_norms"]
     f = plots.heatmap(wd.figure_path("embedding_fourier"), emb_f, center=True, xlabel="residual stream dimension",
                       ylabel="Fourier component", yticks=ticks(tick_step), origin_lower=False,
                       title="Embedding W_E[:p] in the Fourier basis")
@@ -168,7 +201,7 @@ def analyze(run, meas: Measures, wd: Workdir, rep: Report) -> dict:
     out["embedding"] = {"frequency_norms": freq_norms, "constant_norm": freq_norms[0],
                         "fraction_of_norm_squared_in_key_frequencies":
                             float((freq_norms[keys] ** 2).sum() / (freq_norms ** 2).sum()),
-                        "gini_of_component_norms": float(np.asarray(progress.gini(jnp.asarray(comp_norms))))}
+                        "gini_of_component_norms": float(arr["embedding_gini"])}
     out["key_frequencies"] = keys
     sec.key_values({"key frequencies": keys,
                     "share of the embedding's squared norm in them":
@@ -178,17 +211,14 @@ def analyze(run, meas: Measures, wd: Workdir, rep: Report) -> dict:
                            "47; Nanda et al.'s seed 14, 35, 41, 42, 52)")
 
     # ---------------------------------------------------------------- neurons
-    grid = progress.grid_forward(cfg, params, p)
-    post = np.asarray(grid.post)  # [p*p, m]
-    acts_grid = post.reshape(p, p, -1)  # [a, b, m]
-    fractions = np.asarray(fourier.neuron_frequency_fractions(jnp.asarray(acts_grid)))  # [p//2, m]
-    clusters = fourier.neuron_clusters(jnp.asarray(fractions), float(an.neuron_cluster_threshold))
+    post, fractions, f2d = arr["post"], arr["neuron_fractions"], arr["neuron_fourier_2d"]  # f2d [p, p, m]
+    clusters = fourier.neuron_clusters(fractions, float(an.neuron_cluster_threshold))
     c_freq, c_frac, c_in = (np.asarray(x) for x in clusters)
     counts = {int(k): int(((c_freq == k) & c_in).sum()) for k in np.unique(c_freq[c_in])}
     sec = rep.section("Neurons in the 2-D Fourier basis")
-    centred = acts_grid - acts_grid.mean(axis=(0, 1), keepdims=True)
-    comp2d = np.asarray(fourier.fourier_2d(jnp.asarray(centred)))  # [p, p, m]
-    f = plots.heatmap(wd.figure_path("neuron_fourier_norms"), np.linalg.norm(comp2d, axis=-1),
+    centred_norms = np.linalg.norm(f2d, axis=-1)  # [p, p]
+    centred_norms[0, 0] = 0.0  # centring the activations removes only the (constant, constant) term
+    f = plots.heatmap(wd.figure_path("neuron_fourier_norms"), centred_norms,
                       xlabel="Fourier component of b", ylabel="Fourier component of a", origin_lower=False,
                       xticks=ticks(tick_step), yticks=ticks(tick_step),
                       title="Norm over neurons of the 2-D Fourier components", width=7.5, height=6.5)
@@ -202,7 +232,7 @@ def analyze(run, meas: Measures, wd: Workdir, rep: Report) -> dict:
             examples.append(int(members[np.argmax(c_frac[members])]))
     examples = examples or [0]
     f = plots.heatmaps(wd.figure_path("neuron_examples_fourier"),
-                       [np.abs(np.asarray(fourier.fourier_2d(jnp.asarray(acts_grid[:, :, n])))) for n in examples],
+                       [np.abs(f2d[:, :, n]) for n in examples],
                        [f"neuron {n} (freq {int(c_freq[n])}, {c_frac[n]:.0%})" for n in examples],
                        xlabel="component of b", ylabel="component of a", xticks=ticks(tick_step * 2),
                        yticks=ticks(tick_step * 2), ncols=len(examples), panel=4.8)
@@ -237,8 +267,7 @@ def analyze(run, meas: Measures, wd: Workdir, rep: Report) -> dict:
                       f"{float(an.neuron_cluster_threshold):g} of their variance")
 
     # ---------------------------------------------------------------- W_logit
-    W_logit = np.asarray(progress.neuron_logit_map(params))  # [m, p]
-    wl_norms = np.asarray(fourier.component_norms(jnp.asarray(W_logit), axis=1))  # [p]
+    wl_fourier, wl_norms = arr["W_logit_fourier"], arr["W_logit_component_norms"]  # [m, p], [p]
     sec = rep.section("W_logit in the Fourier basis")
     f = plots.bars(wd.figure_path("W_logit_fourier_norms"), list(names), wl_norms,
                    xlabel="Fourier component of the output c", ylabel="norm over neurons",
@@ -249,7 +278,7 @@ def analyze(run, meas: Measures, wd: Workdir, rep: Report) -> dict:
     for k in keys:
         members = (c_freq == k) & c_in
         if members.any():
-            panels.append(np.asarray(fourier.component_norms(jnp.asarray(W_logit[members]), axis=1)))
+            panels.append(np.linalg.norm(wl_fourier[members], axis=0))
             titles.append(f"frequency {k} cluster ({int(members.sum())} neurons)")
     if panels:
         f = plots.line_panels(wd.figure_path("W_logit_fourier_by_cluster"), np.arange(p),
@@ -263,22 +292,18 @@ def analyze(run, meas: Measures, wd: Workdir, rep: Report) -> dict:
                                      if not (s == "sin" and 2 * k == p)]] ** 2).sum() / (wl_norms ** 2).sum())}
 
     # ---------------------------------------------------------------- logit periodicity
-    logits = np.asarray(grid.logits)  # [p*p, p]
-    cube = jnp.asarray(logits.reshape(p, p, p))
-    per = fourier.logit_periodicity(cube, keys)
-    labels = jnp.asarray(gk.labels(run.task))
-    approx = np.asarray(per.approximation).reshape(p * p, p)
+    logits = arr["logits"]  # [p*p, p]
     rnd = np.random.default_rng(0).standard_normal(logits.shape)
+    sims = arr["periodicity_cosine_sims"]
     out["logit_periodicity"] = {
-        "key_frequencies": keys, "coefficients": np.asarray(per.coefficients),
-        "cosine_similarities": np.asarray(per.cosine_sims),
-        "total_cosine_similarity": float(np.sqrt((np.asarray(per.cosine_sims) ** 2).sum())),
-        "residual_fraction_of_norm": float(per.residual_fraction),
+        "key_frequencies": keys, "coefficients": arr["periodicity_coefficients"], "cosine_similarities": sims,
+        "total_cosine_similarity": float(np.sqrt((sims ** 2).sum())),
+        "residual_fraction_of_norm": float(arr["periodicity_residual_fraction"]),
         "random_logits_cosine_similarity_baseline": float((logits * rnd).sum() / np.linalg.norm(rnd)
                                                           / np.linalg.norm(logits)),
-        "loss_of_model_logits_all_inputs": float(gk.cross_entropy(jnp.asarray(logits), labels)),
-        "loss_of_periodic_approximation_all_inputs": float(gk.cross_entropy(jnp.asarray(approx), labels)),
-        "accuracy_of_periodic_approximation": float(gk.accuracy(jnp.asarray(approx), labels)),
+        "loss_of_model_logits_all_inputs": float(arr["loss_model"]),
+        "loss_of_periodic_approximation_all_inputs": float(arr["loss_periodic"]),
+        "accuracy_of_periodic_approximation": float(arr["accuracy_periodic"]),
     }
     lp = out["logit_periodicity"]
     sec = rep.section("Logit periodicity")

@@ -1,0 +1,104 @@
+"""Tests for toymech.report (and the plots it embeds): a small report renders to a
+well-formed page whose every image exists; optionally Chromium renders it."""
+
+import html.parser
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from toymech import plots
+from toymech.report import Report, ReportError, check_report, format_value
+
+
+class _Collect(html.parser.HTMLParser):
+    """Independent check with the standard parser: tags, images, text."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags, self.imgs, self.text = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.imgs.append(dict(attrs))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _small_report(tmp_path):
+    figs = tmp_path / "figures"
+    x = np.arange(10)
+    plots.curves(figs / "curve.png", {"train": (x, np.exp(-x)), "test": (x, np.exp(-x / 3))}, log_y=True,
+                 vlines={"phase": 4})
+    plots.heatmap(figs / "heat.png", np.arange(12.0).reshape(3, 4), center=True, annotate=True)
+    rep = Report("A <small> report", intro="Tests & checks.")
+    sec = rep.section("Training")
+    sec.figure("figures/curve.png", "Loss curves <log>")
+    sec.text("Plain text with <script>alert(1)</script> inside.", note=True)
+    sec.table(["quantity", "value"], [["accuracy", 0.99871], ["tiny", 1.5e-9], ["epochs", 3000], ["none", None]],
+              caption="Numbers")
+    rep.section("Training").figure("figures/heat.png", "A heatmap")  # same title -> distinct anchor
+    return rep
+
+
+def test_report_is_well_formed_and_every_image_exists(tmp_path):
+    path = _small_report(tmp_path).write(tmp_path / "report.html")
+    found = check_report(path)
+    assert set(found.images) == {"figures/curve.png", "figures/heat.png"}
+    parser = _Collect()
+    parser.feed(path.read_text())
+    assert parser.tags.count("img") == 2 and parser.tags.count("section") == 2
+    for img in parser.imgs:
+        assert (tmp_path / img["src"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert img["alt"]
+    text = "".join(parser.text)
+    assert "<script>alert(1)</script>" in text  # escaped, so it is text, not a tag
+    assert "script" not in parser.tags
+    assert "0.9987" in text and "1.500e-09" in text and "3000" in text
+    assert '#training-2' in path.read_text()  # the table of contents links both sections
+
+
+def test_missing_image_and_broken_markup_are_reported(tmp_path):
+    rep = _small_report(tmp_path)
+    path = rep.write(tmp_path / "report.html")
+    (tmp_path / "figures" / "heat.png").unlink()
+    with pytest.raises(ReportError, match="figures/heat.png"):
+        check_report(path)
+    broken = tmp_path / "broken.html"
+    broken.write_text("<!DOCTYPE html><html><head><title>x</title></head><body><div><p>text</div></body></html>")
+    with pytest.raises(ReportError, match="closes"):
+        check_report(broken)
+
+
+def test_bad_figures_and_tables_are_refused():
+    sec = Report("r").section("s")
+    with pytest.raises(ValueError, match="caption"):
+        sec.figure("figures/a.png", "  ")
+    with pytest.raises(ValueError, match="relative"):
+        sec.figure("/abs/a.png", "caption")
+    with pytest.raises(ValueError, match="row 0 has 1 cells"):
+        sec.table(["a", "b"], [[1]])
+
+
+def test_format_value():
+    assert format_value(0.123456) == "0.1235"
+    assert format_value(2.5e-7) == "2.500e-07"
+    assert format_value(123456.0) == "1.235e+05"
+    assert format_value([1, 0.5]) == "[1, 0.5]"
+    assert format_value(None) == "—"
+    assert format_value(np.float32(0.25)) == "0.25"
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian 'chromium' not installed (apt-get install chromium)")
+def test_chromium_renders_a_screenshot(tmp_path):
+    path = _small_report(tmp_path).write(tmp_path / "report.html")
+    shot = tmp_path / "shot.png"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1000,1400",
+                    f"--screenshot={shot}", path.as_uri()], check=True, capture_output=True, timeout=120)
+    from matplotlib.image import imread
+    img = imread(shot)
+    assert img.shape[0] == 1400 and img.shape[1] == 1000
+    assert img[..., :3].std() > 0.05  # not a blank page: text and figures rendered
