@@ -192,14 +192,19 @@ def read_pytree(path: str) -> tuple[dict[str, np.ndarray], dict]:
     return decode(data, path)
 
 
-def load_pytree(path: str, template=None):
-    """Load a pytree saved by `save_pytree`.
+def load_pytree_and_meta(path: str, template=None) -> tuple[Any, dict]:
+    """(pytree, meta) saved by `save_pytree`.
 
-    With `template`, returns a pytree of numpy arrays with the template's structure
-    (validated); without, nested dicts rebuilt from the stored leaf paths.
+    With `template`, the pytree has the template's structure (validated, numpy
+    leaves); without, it is nested dicts rebuilt from the stored leaf paths.
     """
-    flat, _ = read_pytree(path)
-    return _nest(flat) if template is None else conform(flat, template, path)
+    flat, meta = read_pytree(path)
+    return (_nest(flat) if template is None else conform(flat, template, path)), meta
+
+
+def load_pytree(path: str, template=None):
+    """The pytree saved by `save_pytree` at `path` (see `load_pytree_and_meta`)."""
+    return load_pytree_and_meta(path, template)[0]
 
 
 # --------------------------------------------------------------------------- checkpoint dirs

@@ -58,6 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from toymech import checkpoint as ckpt
@@ -297,7 +298,6 @@ class _Plan:
     full_batch: bool
     n_full: int  # full-size batches per epoch
     remainder: int  # size of the last, smaller batch (0: none)
-    eval_every: int
 
     @property
     def steps_per_epoch(self) -> int:
@@ -323,21 +323,61 @@ def _check_metrics(metrics, where: str) -> None:
         raise ValueError(f"{where}: metric names {sorted(clash)} are reserved by the engine")
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled_chunk(loss_fn, eval_fn, opt: OptimizerConfig, plan: _Plan, swept: tuple[str, ...], batched: bool):
-    """Jitted `chunk(params, opt_state, seed, hp, data, eval_data, epochs, last_epoch)`.
+def _traced_fields(opt: OptimizerConfig, swept) -> tuple[str, ...]:
+    """The numeric optimizer fields that the compiled loop takes as arguments.
 
-    Runs the epochs `epochs` (int [C]) and returns (params, opt_state, train metrics
+    They are the fields `opt` uses (weight decay and momentum only when nonzero or
+    swept), so that runs differing only in their values share one compilation.
+    """
+    used = {"lr": True, "b1": opt.name != "sgd", "b2": opt.name != "sgd", "eps": opt.name != "sgd",
+            "weight_decay": bool(opt.weight_decay) or "weight_decay" in swept,
+            "momentum": opt.name == "sgd" and (bool(opt.momentum) or "momentum" in swept),
+            "clip_norm": opt.clip_norm is not None}
+    unused = sorted(k for k in swept if not used[k])
+    if unused:
+        raise ValueError(f"hparams {unused} are not used by this optimizer ({opt.name}, clip_norm={opt.clip_norm})")
+    return tuple(k for k in SWEEPABLE if used[k])
+
+
+def _structure(opt: OptimizerConfig, traced: tuple[str, ...]) -> OptimizerConfig:
+    """`opt` with its traced fields set to a placeholder: the compilation cache key."""
+    return dataclasses.replace(opt, **{k: 1.0 for k in traced})
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_init(init, structure: OptimizerConfig, steps_per_epoch: int, batched: bool):
+    """Jitted `(seed, hp) -> (params, opt_state)`, params = init(fold_in(key(seed), 0))."""
+    def one_run(seed, hp):
+        params = init(jax.random.fold_in(jax.random.key(seed), 0))
+        return params, make_optimizer(structure, steps_per_epoch, hp).init(params)
+
+    return jax.jit(jax.vmap(one_run) if batched else one_run)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_opt_init(structure: OptimizerConfig, steps_per_epoch: int, batched: bool):
+    """Jitted `(params, hp) -> opt_state`."""
+    one_run = lambda params, hp: make_optimizer(structure, steps_per_epoch, hp).init(params)
+    return jax.jit(jax.vmap(one_run) if batched else one_run)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_chunk(loss_fn, eval_fn, opt: OptimizerConfig, plan: _Plan, batched: bool):
+    """Jitted `chunk(params, opt_state, seed, hp, data, eval_data, epochs, last_epoch, eval_every)`.
+
+    Runs the epochs `epochs` (int [C]), evaluating after epochs e with (e+1) % eval_every
+    == 0 or e == last_epoch, and returns (params, opt_state, train metrics
     {name: [C]}, eval metrics {name: [C]} (zeros on non-eval epochs), first
-    non-finite step (-1: none)). With `batched`, everything but the data and the
-    epochs has a leading run axis. Cached, so repeated calls reuse the compilation.
+    non-finite step (-1: none)). `hp` holds the values of the `_traced_fields` of `opt`
+    (a `_structure`). With `batched`, everything but the data and the epochs has a
+    leading run axis. Cached, so repeated calls reuse the compilation.
     """
     call_loss = _loss_caller(loss_fn)
     B, spe = plan.batch_size, plan.steps_per_epoch
 
-    def one_run(params, opt_state, seed, hp, data, eval_data, epochs, last_epoch):
+    def one_run(params, opt_state, seed, hp, data, eval_data, epochs, last_epoch, eval_every):
         tx = make_optimizer(opt, spe, hp)
-        lr_fn = learning_rate_fn(opt, spe, hp.get("lr", opt.lr))
+        lr_fn = learning_rate_fn(opt, spe, hp["lr"])
         mask = frozen_mask(params, opt.frozen) if opt.frozen else None
         root = jax.random.key(seed)
         data_key, step_key, eval_key = (jax.random.fold_in(root, i) for i in (1, 2, 3))
@@ -379,7 +419,7 @@ def _compiled_chunk(loss_fn, eval_fn, opt: OptimizerConfig, plan: _Plan, swept: 
             mean["lr"] = lr_fn(first)
             if eval_data is None:
                 return carry, (mean, {})
-            is_eval = ((epoch + 1) % plan.eval_every == 0) | (epoch == last_epoch)
+            is_eval = ((epoch + 1) % eval_every == 0) | (epoch == last_epoch)
             blank = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(evaluate, carry[0]))
             ev = jax.lax.cond(is_eval, evaluate, lambda p: blank, carry[0])
             return carry, (mean, ev)
@@ -390,7 +430,7 @@ def _compiled_chunk(loss_fn, eval_fn, opt: OptimizerConfig, plan: _Plan, swept: 
 
     fn = one_run
     if batched:
-        fn = jax.vmap(one_run, in_axes=(0, 0, 0, {k: 0 for k in swept}, None, None, None, None))
+        fn = jax.vmap(one_run, in_axes=(0, 0, 0, 0, None, None, None, None, None))
     return jax.jit(fn)
 
 
@@ -435,6 +475,13 @@ class TrainResult:
 
 
 # ============================================================================ host driver
+
+
+def _fetch(x) -> np.ndarray:
+    """A (possibly multi-host sharded) array as a numpy array on this host."""
+    if jax.process_count() > 1:
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
 
 
 def _check_data(data, name: str) -> int:
@@ -482,12 +529,47 @@ def _eval_epochs(start: int, stop: int, eval_every: int, num_epochs: int) -> np.
     return e[(e % eval_every == 0) | (e == num_epochs)]
 
 
+def _snapshot_path(snap_dir: str, epoch: int) -> str:
+    return os.path.join(snap_dir, f"snap_{epoch:08d}.msgpack")
+
+
+def load_snapshots(workdir: str, template=None) -> tuple[Any, np.ndarray]:
+    """The parameter snapshots a run wrote under `workdir/snapshots/`, stacked.
+
+    Args:
+        workdir: the run's workdir.
+        template: params (or ShapeDtypeStructs) of one snapshot, to validate against
+            (for `train_many` runs, with the leading run axis); None: nested dicts.
+    Returns:
+        (snapshots with a leading time axis [S, ...] (after the run axis for
+        `train_many`, as in TrainResult), epochs int [S]), in epoch order.
+    """
+    snap_dir = os.path.join(workdir, "snapshots")
+    names = sorted(f for f in os.listdir(snap_dir) if re.fullmatch(r"snap_\d{8}\.msgpack", f)) \
+        if os.path.isdir(snap_dir) else []
+    if not names:
+        raise FileNotFoundError(f"no snapshots under {snap_dir}")
+    trees, batched = [], set()
+    for f in names:
+        path = os.path.join(snap_dir, f)
+        tree, meta = ckpt.load_pytree_and_meta(path, template)
+        trees.append(tree)
+        batched.add(bool(meta.get("batched")))
+    if len(batched) > 1:
+        raise ckpt.CheckpointError(f"{snap_dir}: mixes snapshots of single and batched runs")
+    epochs = np.array([int(f[len("snap_"):-len(".msgpack")]) for f in names])
+    axis = 1 if batched.pop() else 0
+    return jax.tree.map(lambda *xs: np.stack(xs, axis=axis), *trees), epochs
+
+
 def _fit(loss_fn, init, train_data, optimizer, *, seeds, hparams, devices, batched, num_epochs, batch_size, eval_data,
          eval_fn, eval_every, snapshot_every, workdir, checkpoint_every, keep_checkpoints, log_every,
          chunk_epochs, drop_remainder, progress) -> TrainResult:
     opt = as_optimizer_config(optimizer)
     if not (isinstance(num_epochs, int) and num_epochs >= 1):
         raise ValueError(f"num_epochs must be a positive int, got {num_epochs!r}")
+    if not (isinstance(eval_every, int) and eval_every >= 1):
+        raise ValueError(f"eval_every must be a positive int, got {eval_every!r}")
     n = _check_data(train_data, "train_data")
     if eval_data is not None:
         _check_data(eval_data, "eval_data")
@@ -497,14 +579,14 @@ def _fit(loss_fn, init, train_data, optimizer, *, seeds, hparams, devices, batch
     if not full_batch and not (isinstance(batch_size, int) and 1 <= batch_size <= n):
         raise ValueError(f"batch_size must be an int in [1, {n}] or None (full batch), got {batch_size!r}")
     B = n if full_batch else batch_size
-    plan = _Plan(n, B, full_batch, n // B, 0 if (full_batch or drop_remainder) else n % B, eval_every)
+    plan = _Plan(n, B, full_batch, n // B, 0 if (full_batch or drop_remainder) else n % B)
     spe = plan.steps_per_epoch
     if workdir is not None and checkpoint_every is None:
         checkpoint_every = max(1, num_epochs // 10)
     if progress and log_every is None:
         log_every = max(1, num_epochs // 20)
     chunk = _chunk_length(num_epochs, chunk_epochs, {
-        "snapshot_every": snapshot_every, "eval_every": None,
+        "snapshot_every": snapshot_every,
         "checkpoint_every": checkpoint_every if workdir is not None else None,
         "log_every": log_every if progress else None})
 
@@ -520,6 +602,9 @@ def _fit(loss_fn, init, train_data, optimizer, *, seeds, hparams, devices, batch
         if v.shape != (R,):
             raise ValueError(f"hparams[{k!r}] needs one value per seed ({R}), got shape {v.shape}")
     make_optimizer(opt, spe, hparams)  # validates the overridden names before any tracing
+    traced = _traced_fields(opt, set(hparams))
+    structure = _structure(opt, traced)
+    values = {k: hparams[k] if k in hparams else np.full(R, getattr(opt, k), np.float32) for k in traced}
     if batched:
         # Runs are padded to a multiple of the device count by repeating the last run
         # (its copies are dropped from the result): every device gets ceil(R / D) runs,
@@ -531,30 +616,29 @@ def _fit(loss_fn, init, train_data, optimizer, *, seeds, hparams, devices, batch
         put_runs = functools.partial(jax.device_put, device=NamedSharding(mesh, PartitionSpec("runs")))
         put_shared = functools.partial(jax.device_put, device=NamedSharding(mesh, PartitionSpec()))
         seed_dev = put_runs(padded(seeds_arr).astype(np.uint32))
-        hp_dev = {k: put_runs(padded(v)) for k, v in hparams.items()}
-        init_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 0))(seed_dev)
-        params = jax.vmap(init)(init_keys) if callable(init) else jax.tree.map(
-            lambda x: jnp.broadcast_to(x, (len(seed_dev), *np.shape(x))), init)
-        params = put_runs(params)
-        opt_state = jax.jit(jax.vmap(lambda p, h: make_optimizer(opt, spe, h).init(p)))(params, hp_dev)
+        hp_dev = {k: put_runs(padded(v)) for k, v in values.items()}
         put_state = lambda tree: put_runs(jax.tree.map(lambda x: padded(np.asarray(x)), tree))
-        to_host = lambda tree: jax.tree.map(lambda x: np.asarray(x)[:R], tree)
+        to_host = lambda tree: jax.tree.map(lambda x: _fetch(x)[:R], tree)
         trim = (lambda tree: jax.tree.map(lambda x: x[:R], tree)) if pad else (lambda tree: tree)
     else:
         put_shared = jax.device_put
         seed_dev = jnp.uint32(seeds_arr[0])
-        hp_dev = {}
-        params = init(jax.random.fold_in(jax.random.key(seed_dev), 0)) if callable(init) else init
-        params = jax.tree.map(jnp.asarray, params)
-        opt_state = make_optimizer(opt, spe).init(params)
+        hp_dev = {k: jnp.float32(v[0]) for k, v in values.items()}
         put_state = lambda tree: jax.tree.map(jnp.asarray, tree)
         to_host = lambda tree: jax.tree.map(np.asarray, tree)
         trim = lambda tree: tree
+    if callable(init):
+        params, opt_state = _compiled_init(init, structure, spe, batched)(seed_dev, hp_dev)
+    else:
+        params = jax.tree.map(jnp.asarray, init)
+        if batched:
+            params = put_runs(jax.tree.map(lambda x: jnp.broadcast_to(x, (len(seed_dev), *x.shape)), params))
+        opt_state = _compiled_opt_init(structure, spe, batched)(params, hp_dev)
     data_dev = put_shared(jax.tree.map(jnp.asarray, train_data))
     eval_dev = None if eval_data is None else put_shared(jax.tree.map(jnp.asarray, eval_data))
-    chunk_fn = _compiled_chunk(loss_fn, eval_fn, opt, plan, tuple(sorted(hparams)), batched)
+    chunk_fn = _compiled_chunk(loss_fn, eval_fn, structure, plan, batched)
     run_chunk = lambda p, s, epochs: chunk_fn(p, s, seed_dev, hp_dev, data_dev, eval_dev, epochs,
-                                              np.int32(num_epochs - 1))
+                                              np.int32(num_epochs - 1), np.int32(eval_every))
     lead = (R,) if batched else ()
 
     # --- state so far: fresh, or resumed from workdir/checkpoints
@@ -563,6 +647,7 @@ def _fit(loss_fn, init, train_data, optimizer, *, seeds, hparams, devices, batch
     snapshots, snapshot_epochs = [], []
     start = 0
     ckpt_dir = snap_dir = None
+    writer = jax.process_index() == 0  # on several hosts, one process writes
     if workdir is not None:
         ckpt_dir, snap_dir = os.path.join(workdir, "checkpoints"), os.path.join(workdir, "snapshots")
         meta = {"seeds": seeds_arr.tolist(), "hparams": {k: v.tolist() for k, v in hparams.items()},
@@ -590,10 +675,8 @@ def _fit(loss_fn, init, train_data, optimizer, *, seeds, hparams, devices, batch
             train_h = {k: [v] for k, v in state["train_history"].items()}
             eval_h = {k: [v] for k, v in state["eval_history"].items()}
             if snapshot_every:
-                template = to_host(params)
-                for e in range(snapshot_every, start + 1, snapshot_every):
-                    snapshots.append(ckpt.load_pytree(os.path.join(snap_dir, f"snap_{e:08d}.msgpack"), template))
-                    snapshot_epochs.append(e)
+                snapshot_epochs = list(range(snapshot_every, start + 1, snapshot_every))
+                snapshots = [ckpt.load_pytree(_snapshot_path(snap_dir, e), to_host(params)) for e in snapshot_epochs]
 
     history = lambda h: {k: np.concatenate(v, axis=-1) for k, v in h.items()}
 
@@ -621,9 +704,9 @@ def _fit(loss_fn, init, train_data, optimizer, *, seeds, hparams, devices, batch
         if snapshot_every and epoch % snapshot_every == 0:
             snapshots.append(to_host(params))
             snapshot_epochs.append(epoch)
-            if snap_dir is not None:
-                ckpt.save_pytree(os.path.join(snap_dir, f"snap_{epoch:08d}.msgpack"), snapshots[-1], {"epoch": epoch})
-        if ckpt_dir is not None and (epoch % checkpoint_every == 0 or epoch == num_epochs):
+            if snap_dir is not None and writer:
+                ckpt.save_pytree(_snapshot_path(snap_dir, epoch), snapshots[-1], {"epoch": epoch, "batched": batched})
+        if ckpt_dir is not None and writer and (epoch % checkpoint_every == 0 or epoch == num_epochs):
             state = {"params": to_host(params), "opt_state": to_host(opt_state),
                      "train_history": history(train_h), "eval_history": history(eval_h)}
             ckpt.save_checkpoint(ckpt_dir, epoch, state, dict(meta, epoch=epoch, num_epochs=num_epochs),
