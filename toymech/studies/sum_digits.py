@@ -206,6 +206,7 @@ def training_summary(run: TrainedRun) -> dict:
 
 
 def training_section(run: TrainedRun, summary: dict, wd: experiment.Workdir, rep: Report) -> None:
+    """Loss and accuracy curves, and the training numbers beside the challenge's."""
     th, eh = run.train_history, run.eval_history
     sec = rep.section("Training")
     best = {f"best epoch ({run.best_epoch})": run.best_epoch}
@@ -242,6 +243,7 @@ def training_section(run: TrainedRun, summary: dict, wd: experiment.Workdir, rep
 
 
 def evaluation_section(ev: dict, source: str, logp_change: float, wd: experiment.Workdir, rep: Report) -> None:
+    """The challenge's four numbers beside ours, and the distribution of the probability on the answer."""
     sec = rep.section("How well it adds")
     names = {"mean_cross_entropy": "mean cross-entropy", "mean_prob_correct": "mean probability on the correct digit",
              "median_prob_correct": "median probability on the correct digit",

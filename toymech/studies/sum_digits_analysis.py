@@ -175,6 +175,7 @@ def _complex_scatter(path, z, labels, title, xlabel="Re (cos part)", ylabel="Im 
 
 
 def unembed_section(u: dict, wd: Workdir, rep: Report) -> dict:
+    """Figures and table of `unembed_structure`; returns its numbers for results.json."""
     sec = rep.section("The unembedding: digits as angles")
     sig = [int(d) for d in u["significant_dims"]]
     W = u["W_U_digits"]
@@ -286,6 +287,7 @@ def summarize_ablation(values: np.ndarray, baseline: np.ndarray, carry: np.ndarr
 
 
 def ablation_section(cfg: ModelConfig, heads: dict, qkv: dict, wd: Workdir, rep: Report) -> None:
+    """Figures and tables of the head ({'zero', 'mean'}) and Q/K/V summaries (`summarize_ablation`)."""
     labels = head_labels(cfg)
     sec = rep.section("Head ablations")
     layer_ticks = (list(range(cfg.n_layers)), [f"layer {l}" for l in range(cfg.n_layers)])
@@ -389,6 +391,7 @@ def layer0_qk(cfg: ModelConfig, params: dict, acts: dict, threshold: float) -> d
 
 
 def qk_section(cfg: ModelConfig, qk: dict, wd: Workdir, rep: Report) -> None:
+    """Figures and tables of `layer0_qk`."""
     sec = rep.section("Layer-0 QK circuits")
     n = sd.SEQ_LEN
     titles = [f"H0.{h}" for h in range(cfg.n_heads)]
@@ -483,6 +486,7 @@ def logit_attribution(cfg: ModelConfig, params: dict, acts: dict, logits, tokens
 
 
 def dla_section(dla: dict, wd: Workdir, rep: Report) -> dict:
+    """Figures of `logit_attribution`; returns its numbers for results.json."""
     sec = rep.section("Direct logit attribution")
     s, p = dla["simple"], dla["paths"]
     f = plots.bars(wd.figure_path("dla_simple"), s["labels"],
@@ -563,6 +567,7 @@ def layer1_ov(cfg: ModelConfig, params: dict) -> dict:
 
 
 def ov_section(cfg: ModelConfig, ov: dict, wd: Workdir, rep: Report) -> dict:
+    """Figures and table of `layer1_ov`; returns its phase numbers for results.json."""
     sec = rep.section("Layer-1 OV circuits")
     H = cfg.n_heads
     titles = [f"0.{a} -> 1.{b}" for a in range(H) for b in range(H)]
