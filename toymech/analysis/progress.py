@@ -54,10 +54,15 @@ Array = jax.Array
 _SPLITS = ("train", "test", "all")
 
 
-def map_checkpoints(fn: Callable, stacked_params, batch_size: int | None = 8):
+def map_checkpoints(fn: Callable, stacked_params, batch_size: int | None = 1):
     """fn applied to every checkpoint of a stack: vmapped over chunks of
     `batch_size` checkpoints, chunks in sequence (`jax.lax.map`); None
-    vmaps all at once. Returns fn's output with a leading checkpoint axis."""
+    vmaps all at once. Returns fn's output with a leading checkpoint axis.
+
+    On a CPU one checkpoint at a time (the default) is fastest: a
+    checkpoint's activations stay in cache (grokking_progress at p = 113:
+    0.26 s per checkpoint one at a time, 0.55 s in chunks of 8, on a busy
+    2-core machine). On an accelerator, larger chunks fill the device."""
     if batch_size is None:
         return jax.vmap(fn)(stacked_params)
     return jax.lax.map(fn, stacked_params, batch_size=batch_size)
@@ -238,7 +243,7 @@ def _split_rows(dataset: grokking.Dataset, split: str, where: str) -> np.ndarray
 
 def grokking_progress(cfg: tm.ModelConfig, stacked_params, dataset: grokking.Dataset,
                       key_freqs: Sequence[int], *, restricted_split: str = "test",
-                      excluded_split: str = "train", batch_size: int | None = 8) -> ProgressMeasures:
+                      excluded_split: str = "train", batch_size: int | None = 1) -> ProgressMeasures:
     """Nanda et al.'s progress measures for every checkpoint, in one jitted call.
 
     Args:
