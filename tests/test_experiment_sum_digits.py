@@ -195,6 +195,23 @@ def test_dla_and_ov_results(processed, quick):
     i, j = np.divmod(np.arange(100), 10)
     np.testing.assert_allclose(ov["pairs"], ov["single"][:, :, i] + ov["single"][:, :, j], rtol=1e-4, atol=1e-4)
     assert np.asarray(quick["analysis"]["layer1_ov"]["pair_frequency_1_phase"]).shape == (3, 3, 100)
+    # the notebook's reading of the pair circuits: H0.0 -> H1.* sends every pair the same way, H0.1 -> H1.0/1.1
+    # sorts pairs into three clusters by how many digits are >= 5, and H0.2's chains turn once with the digit
+    assert (ov["pair_phase_spread"][0] < 0.02).all()
+    assert (ov["pair_spread_explained_by_digits_at_least_5"][1, :2] > 0.9).all()
+    assert (np.abs(ov["single_phase_winding"][2]) == 1).all() and (ov["single_phase_winding"][:2] == 0).all()
+
+
+def test_circular_spread_and_what_a_grouping_explains():
+    i, j = np.divmod(np.arange(100), 10)
+    by_sum = 2 * np.pi * ((i + j) % 10) / 10  # a function of the sum digit only
+    assert an.circular_spread(np.full(7, 1.3)) == pytest.approx(0, abs=1e-12)
+    assert an.circular_spread(2 * np.pi * np.arange(10) / 10) == pytest.approx(1)
+    assert an.spread_explained(by_sum, (i + j) % 10) == pytest.approx(1)
+    assert an.spread_explained(by_sum, np.zeros(100, int)) == pytest.approx(0)
+    noisy = by_sum + np.random.default_rng(0).normal(0, 0.3, 100)
+    assert 0.5 < an.spread_explained(noisy, (i + j) % 10) < 1
+    assert np.isnan(an.spread_explained(np.full(100, 0.4), (i + j) % 10))
 
 
 def test_carry_split_counts_and_attention(processed, quick):

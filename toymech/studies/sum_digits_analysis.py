@@ -61,6 +61,8 @@ NOTEBOOK_FINDINGS = {
     "layer-0 queries": "mean-ablating them does not change the loss",
     "corresponding-digit heads": "H0.0: c1; H0.1: c1, c3, c4; H0.2: c2, c3, c4",
     "layer-1 keys on non-carry sequences": "mean-ablating them does not change the loss",
+    "layer-1 OV on digit pairs": "H0.0 -> H1.*: every pair to a similar direction; H0.1 -> H1.*: three clusters "
+                                 "(both digits < 5, one, none); H0.2 -> H1.*: the most expressive",
     "carry counts (c_i != a_i + b_i) in the 1,000 sequences": "any 826, none 174, c1 515, c2 715, c3 689",
 }
 
@@ -541,28 +543,46 @@ def _ov_chains(cfg: ModelConfig, params: dict):
     return (W_E @ chain).AB, ((W_E[i] + W_E[j]) @ chain).AB
 
 
+def circular_spread(phase, axis=-1):
+    """1 - |mean exp(i phase)| along `axis`: 0 when every phase is the same, up to 1."""
+    return 1 - np.abs(np.exp(1j * np.asarray(phase)).mean(axis))
+
+
+def spread_explained(phase, groups) -> np.ndarray:
+    """Share of the circular spread of phase [..., n] that a grouping groups [n]
+    accounts for: 1 - (size-weighted mean spread within groups) / (total spread);
+    NaN where the phases hardly spread at all (total < 1e-3)."""
+    phase, groups = np.asarray(phase), np.asarray(groups)
+    total = circular_spread(phase)
+    within = sum(np.mean(groups == g) * circular_spread(phase[..., groups == g]) for g in np.unique(groups))
+    return np.where(total > 1e-3, 1 - within / np.maximum(total, 1e-3), np.nan)
+
+
 def layer1_ov(cfg: ModelConfig, params: dict) -> dict:
     """W_E OV0[h0] OV1[h1] W_U on the digits: single digits [h0, h1, 10, 10]
-    and summed digit pairs (W_E[i] + W_E[j], row 10 i + j) [h0, h1, 100, 10];
-    the bin-1 phase of each output row, the steps of that phase from digit to
-    digit, and how well (i + j) mod 10 determines the pair phase: the mean over
-    its ten groups of |mean exp(i phase)| (1: a function of the sum digit)."""
+    and summed digit pairs (W_E[i] + W_E[j], row 10 i + j) [h0, h1, 100, 10],
+    read through the bin-1 phase of each output row.
+
+    single: the phase per digit, its spread (`circular_spread`) and its winding
+      number over the digits 0 -> 9 -> 0 (1: the phase turns once with the digit);
+    pairs: the phase per pair, its spread, and how much of the spread the sum
+      digit (i + j) mod 10, and the number of digits >= 5 in the pair (0, 1, 2:
+      the notebook's three clusters), account for (`spread_explained`).
+    """
     single, pairs = map(np.asarray, _ov_chains(cfg, params))
     i, j = np.divmod(np.arange(N_DIGIT_TOKENS ** 2), N_DIGIT_TOKENS)
     single_phase = np.angle(_freq1(single))  # [h0, h1, 10]
     pair_phase = np.angle(_freq1(pairs))  # [h0, h1, 100]
-    steps = _cyclic_steps(single_phase)[..., :-1]  # [h0, h1, 9], digit d -> d + 1
-    sum_digit = (i + j) % N_DIGIT_TOKENS
-    groups = np.stack([np.abs(np.exp(1j * pair_phase[..., sum_digit == s]).mean(-1))
-                       for s in range(N_DIGIT_TOKENS)], -1)  # [h0, h1, 10]
     return {
         "single": single, "pairs": pairs,
         "single_frequency_1_phase": single_phase,
         "single_frequency_1_magnitude": np.abs(_freq1(single)),
-        "single_phase_step_mean": np.angle(np.exp(1j * steps).mean(-1)),
-        "single_phase_step_consistency": np.abs(np.exp(1j * steps).mean(-1)),
+        "single_phase_spread": circular_spread(single_phase),
+        "single_phase_winding": np.rint(_cyclic_steps(single_phase).sum(-1) / (2 * np.pi)).astype(int),
         "pair_frequency_1_phase": pair_phase,
-        "pair_phase_sum_digit_concentration": groups.mean(-1),
+        "pair_phase_spread": circular_spread(pair_phase),
+        "pair_spread_explained_by_sum_digit": spread_explained(pair_phase, (i + j) % N_DIGIT_TOKENS),
+        "pair_spread_explained_by_digits_at_least_5": spread_explained(pair_phase, (i >= 5).astype(int) + (j >= 5)),
     }
 
 
@@ -589,11 +609,13 @@ def ov_section(cfg: ModelConfig, ov: dict, wd: Workdir, rep: Report) -> dict:
                        ylabel="i", xticks=digit_ticks, yticks=digit_ticks, ncols=H, panel=3.3)
     sec.figure(wd.relative(f), "Phase of the frequency-1 output of each chain fed the sum of two digit embeddings: "
                                "anti-diagonal stripes mean the phase tracks i + j.")
-    rows = [[t, float(np.degrees(ov["single_phase_step_mean"].reshape(-1)[k])),
-             float(ov["single_phase_step_consistency"].reshape(-1)[k]),
-             float(ov["pair_phase_sum_digit_concentration"].reshape(-1)[k])] for k, t in enumerate(titles)]
-    sec.table(["chain", "phase step per digit (deg)", "step consistency (1 = constant)",
-               "pair phase determined by (i+j) mod 10 (1 = fully)"], rows, caption="Phases of the OV chains")
+    flat = lambda name: ov[name].reshape(-1)
+    rows = [[t, float(flat("single_phase_spread")[k]), int(flat("single_phase_winding")[k]),
+             float(flat("pair_phase_spread")[k]), float(flat("pair_spread_explained_by_sum_digit")[k]),
+             float(flat("pair_spread_explained_by_digits_at_least_5")[k])] for k, t in enumerate(titles)]
+    sec.table(["chain", "digit phase spread (0: constant)", "winding over digits",
+               "pair phase spread", "share explained by (i+j) mod 10", "share explained by # digits >= 5"], rows,
+              caption="Phases of the OV chains (spread: 1 - |mean exp(i phase)|)")
     return {k: v for k, v in ov.items() if k not in ("single", "pairs")}
 
 
@@ -667,7 +689,13 @@ def carry_section(cfg: ModelConfig, tokens: np.ndarray, carry: np.ndarray, base:
 # =============================================================================== all
 
 
-def notebook_comparison(cfg: ModelConfig, u: dict, heads: dict, qkv: dict, qk: dict, carry_out: dict) -> dict:
+def _fmt(values) -> str:
+    """'0.12/0.34/0.56' for a short vector (NaN as 'n/a')."""
+    return "/".join("n/a" if np.isnan(v) else f"{v:.2f}" for v in np.asarray(values, float))
+
+
+def notebook_comparison(cfg: ModelConfig, u: dict, heads: dict, qkv: dict, qk: dict, ov: dict,
+                        carry_out: dict) -> dict:
     """Our measurement of each of the notebook's findings (NOTEBOOK_FINDINGS), as text."""
     labels = head_labels(cfg)
     mean_inc = heads["mean"]["loss_increase"].reshape(-1)
@@ -687,6 +715,10 @@ def notebook_comparison(cfg: ModelConfig, u: dict, heads: dict, qkv: dict, qk: d
                                                for h, d in qk["corresponding_digit_heads"].items()),
         "layer-1 keys on non-carry sequences": "loss increase " + ", ".join(
             f"H1.{h} {v:.4f} (carry: {w:.4f})" for h, (v, w) in enumerate(zip(k1_nc, k1_c))),
+        "layer-1 OV on digit pairs": "; ".join(
+            f"H0.{a} -> H1.*: pair phase spread {_fmt(ov['pair_phase_spread'][a])}, explained by (i+j) mod 10 "
+            f"{_fmt(ov['pair_spread_explained_by_sum_digit'][a])}, by # digits >= 5 "
+            f"{_fmt(ov['pair_spread_explained_by_digits_at_least_5'][a])}" for a in range(cfg.n_heads)),
         "carry counts (c_i != a_i + b_i) in the 1,000 sequences": (
             f"any {c['notebook split: sequences with any / none'][0]}, none "
             f"{c['notebook split: sequences with any / none'][1]}, "
@@ -721,9 +753,10 @@ def analyze(cfg: ModelConfig, params: dict, tokens: np.ndarray, an, wd: Workdir,
     qk_section(cfg, qk, wd, rep)
     out["layer0_qk"] = {k: v for k, v in qk.items() if k not in ("full_scores",)}
     out["direct_logit_attribution"] = dla_section(logit_attribution(cfg, params, acts, logits, tokens), wd, rep)
-    out["layer1_ov"] = ov_section(cfg, layer1_ov(cfg, params), wd, rep)
+    ov = layer1_ov(cfg, params)
+    out["layer1_ov"] = ov_section(cfg, ov, wd, rep)
     out["carries"] = carry_section(cfg, tokens, carry, base, heads, carry_attention(acts, carry), wd, rep)
-    out["notebook_comparison"] = notebook_comparison(cfg, u, heads, qkv, qk, out["carries"])
+    out["notebook_comparison"] = notebook_comparison(cfg, u, heads, qkv, qk, ov, out["carries"])
     sec = rep.section("The notebook's findings and ours")
     sec.table(["finding", "notebook", "this run"],
               [[k, v["notebook"], v["ours"]] for k, v in out["notebook_comparison"].items()])
