@@ -72,7 +72,8 @@ def test_quick_binary_writes_the_whole_workdir(quick_workdir, quick):
     config = get_config("quick")
     assert json.loads((quick_workdir / "config.json").read_text()) == experiment.config_to_dict(config)
     assert quick["mode"] == "load" and quick["evaluation"]["n_sequences"] == 64
-    assert set(quick["analysis"]) == {"unembed", "head_ablations", "qkv_mean_ablations", "layer0_qk",
+    assert set(quick["analysis"]) == {"unembed", "head_ablations", "qkv_mean_ablations",
+                                      "qkv_mean_ablations_on_carry_subsets", "layer0_qk",
                                       "direct_logit_attribution", "layer1_ov", "carries", "notebook_comparison"}
     found = check_report(quick_workdir / "report.html")
     pngs = {f"figures/{p.name}" for p in (quick_workdir / "figures").glob("*.png")}
@@ -149,6 +150,11 @@ def test_ablation_numbers_equal_hand_made_interventions(processed, quick):
     none = ~carry.any(1)
     assert qkv["loss_increase_sequence_carry_split"][1][1][0][1] == pytest.approx(
         (loss - base)[none].mean(), rel=1e-3, abs=1e-5)
+    # ... and, as the notebook did, on those sequences alone with their own mean
+    k_mean = np.asarray(acts["blocks.1.attn.hook_k"])[none].mean(0, keepdims=True)
+    loss, _ = _scores(cfg, params, tokens[none], iv.patch("blocks.1.attn.hook_k", k_mean, head=0))
+    subset = quick["analysis"]["qkv_mean_ablations_on_carry_subsets"]["no carry"]
+    assert subset[1][1][0] == pytest.approx((loss - base[none]).mean(), rel=1e-3, abs=1e-5)
 
 
 def test_layer0_corresponding_digit_heads_are_the_notebooks(processed, quick):

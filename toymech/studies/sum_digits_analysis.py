@@ -13,7 +13,9 @@ sections. The numbers go to results.json under the same names.
                       with each head (z) or each head's Q/K/V zero- or
                       mean-ablated: one compiled sweep per kind
                       (`toymech.analysis.sweeps`), summarised overall, per digit
-                      and per carry split
+                      and per carry split; `qkv_on_subsets` repeats the Q/K/V
+                      ones on the carry / no-carry sequences alone (the
+                      notebook's method: means over the subset)
   layer0_qk           layer-0 attention scores of the mean queries against the
                       positional embeddings and the tokens, the attention that
                       position alone gives, and the "corresponding digit" mass
@@ -288,8 +290,9 @@ def summarize_ablation(values: np.ndarray, baseline: np.ndarray, carry: np.ndarr
     }
 
 
-def ablation_section(cfg: ModelConfig, heads: dict, qkv: dict, wd: Workdir, rep: Report) -> None:
-    """Figures and tables of the head ({'zero', 'mean'}) and Q/K/V summaries (`summarize_ablation`)."""
+def ablation_section(cfg: ModelConfig, heads: dict, qkv: dict, subsets: dict, wd: Workdir, rep: Report) -> None:
+    """Figures and tables of the head ({'zero', 'mean'}) and Q/K/V summaries (`summarize_ablation`), and of
+    the Q/K/V ablations on carry subsets (`qkv_on_subsets`)."""
     labels = head_labels(cfg)
     sec = rep.section("Head ablations")
     layer_ticks = (list(range(cfg.n_layers)), [f"layer {l}" for l in range(cfg.n_layers)])
@@ -323,13 +326,35 @@ def ablation_section(cfg: ModelConfig, heads: dict, qkv: dict, wd: Workdir, rep:
     sec.figure(wd.relative(f), "Loss increase when one head's queries, keys or values are replaced by their mean "
                                "over the sequences (at each position).")
     split = qkv["loss_increase_sequence_carry_split"].reshape(len(QKV), -1, 2)  # [3, heads, 2]
-    f = plots.heatmaps(wd.figure_path("qkv_ablation_carry_split"), [split[..., 0], split[..., 1]],
-                       ["sequences with a carry", "sequences without a carry"],
-                       suptitle="Loss increase, mean-ablated Q/K/V, by carry", xlabel="head", ylabel="activation",
-                       annotate=True, xticks=(list(range(len(labels))), labels),
-                       yticks=(list(range(len(QKV))), [s.upper() for s in QKV]), panel=4.5)
-    sec.figure(wd.relative(f), "The same ablations scored separately on sequences where some digit receives a carry "
-                               "and on those where none does (the mean is over all sequences).")
+    panels = [split[..., 0], split[..., 1]]
+    titles = ["carry; mean over all", "no carry; mean over all"]
+    for name, values in subsets.items():
+        if values is not None:
+            panels.append(values.reshape(len(QKV), -1))
+            titles.append(f"{name}; mean over them")
+    f = plots.heatmaps(wd.figure_path("qkv_ablation_carry_split"), panels, titles,
+                       suptitle="Loss increase, mean-ablated Q/K/V, on sequences with and without a carry",
+                       xlabel="head", ylabel="activation", annotate=True, xticks=(list(range(len(labels))), labels),
+                       yticks=(list(range(len(QKV))), [s.upper() for s in QKV]), ncols=2, panel=4.5)
+    sec.figure(wd.relative(f), "Q/K/V mean ablations scored on sequences where some digit receives a carry and on "
+                               "those where none does; top: the mean replacing an activation is over all sequences; "
+                               "bottom (the notebook's method): over the scored sequences only.")
+
+
+def qkv_on_subsets(cfg: ModelConfig, params: dict, tokens: np.ndarray, carry: np.ndarray) -> dict:
+    """The notebook's Q/K/V mean ablations by carry: run separately on the
+    sequences with any carry and on those without, each mean taken over that
+    subset. {'carry': loss increase [3, n_layers, n_heads], 'no carry': ...};
+    None for a subset of fewer than two sequences."""
+    any_carry = carry.any(1)
+    out = {}
+    for name, mask in (("carry", any_carry), ("no carry", ~any_carry)):
+        if mask.sum() < 2:
+            out[name] = None
+            continue
+        values, base = ablation_scores(cfg, params, tokens[mask], site=QKV, kind="mean")
+        out[name] = values[..., 0].mean((-2, -1)) - base[..., 0].mean()
+    return out
 
 
 # =============================================================================== layer-0 QK
@@ -512,6 +537,8 @@ def dla_section(dla: dict, wd: Workdir, rep: Report) -> dict:
     sec.figure(wd.relative(f), "Left: mean DLA of each layer-1 input component directly and through each layer-1 "
                                "head. Right: mean frequency-1 push toward the correct digit over its mean magnitude "
                                "(1 = always aimed at the correct digit).")
+    sec.text("A path's LayerNorm scale is layer 1's (the one its head reads through), so the paths through a head "
+             "add up to that head's output exactly; the notebook divided by layer 0's scale instead.")
     f = plots.heatmap(wd.figure_path("dla_fourier_simple"), s["fourier_alignment"], center=True, annotate=True,
                       title="Fourier alignment of each component's digit logits", xlabel="sum digit",
                       xticks=digit_ticks, yticks=(list(range(len(s["labels"]))), s["labels"]), origin_lower=False)
@@ -694,15 +721,14 @@ def _fmt(values) -> str:
     return "/".join("n/a" if np.isnan(v) else f"{v:.2f}" for v in np.asarray(values, float))
 
 
-def notebook_comparison(cfg: ModelConfig, u: dict, heads: dict, qkv: dict, qk: dict, ov: dict,
+def notebook_comparison(cfg: ModelConfig, u: dict, heads: dict, qkv: dict, subsets: dict, qk: dict, ov: dict,
                         carry_out: dict) -> dict:
     """Our measurement of each of the notebook's findings (NOTEBOOK_FINDINGS), as text."""
     labels = head_labels(cfg)
     mean_inc = heads["mean"]["loss_increase"].reshape(-1)
     order = [labels[k] for k in np.argsort(-mean_inc)]
     q0 = qkv["loss_increase"][0, 0]
-    k1_nc = qkv["loss_increase_sequence_carry_split"][1, 1, :, 1]
-    k1_c = qkv["loss_increase_sequence_carry_split"][1, 1, :, 0]
+    k1 = {name: (v[1, 1] if v is not None else np.full(cfg.n_heads, np.nan)) for name, v in subsets.items()}
     c = carry_out["counts"]
     ours = {
         "significant W_U dimensions": ", ".join(str(int(d)) for d in u["significant_dims"]),
@@ -713,8 +739,9 @@ def notebook_comparison(cfg: ModelConfig, u: dict, heads: dict, qkv: dict, qk: d
         "layer-0 queries": "loss increase " + ", ".join(f"H0.{h} {v:.4f}" for h, v in enumerate(q0)),
         "corresponding-digit heads": "; ".join(f"{h}: {', '.join(d) or 'none'}"
                                                for h, d in qk["corresponding_digit_heads"].items()),
-        "layer-1 keys on non-carry sequences": "loss increase " + ", ".join(
-            f"H1.{h} {v:.4f} (carry: {w:.4f})" for h, (v, w) in enumerate(zip(k1_nc, k1_c))),
+        "layer-1 keys on non-carry sequences": "loss increase (mean over those sequences) " + ", ".join(
+            f"H1.{h} {v:.4f} (on carry sequences: {w:.4f})" for h, (v, w) in enumerate(zip(k1["no carry"],
+                                                                                           k1["carry"]))),
         "layer-1 OV on digit pairs": "; ".join(
             f"H0.{a} -> H1.*: pair phase spread {_fmt(ov['pair_phase_spread'][a])}, explained by (i+j) mod 10 "
             f"{_fmt(ov['pair_spread_explained_by_sum_digit'][a])}, by # digits >= 5 "
@@ -746,8 +773,10 @@ def analyze(cfg: ModelConfig, params: dict, tokens: np.ndarray, an, wd: Workdir,
         values, base = ablation_scores(cfg, params, tokens, site="z", kind=kind)
         heads[kind] = summarize_ablation(values, base, carry)
     qkv = summarize_ablation(*ablation_scores(cfg, params, tokens, site=QKV, kind="mean"), carry)
-    ablation_section(cfg, heads, qkv, wd, rep)
+    subsets = qkv_on_subsets(cfg, params, tokens, carry)
+    ablation_section(cfg, heads, qkv, subsets, wd, rep)
     out["head_ablations"], out["qkv_mean_ablations"] = heads, qkv
+    out["qkv_mean_ablations_on_carry_subsets"] = subsets
 
     qk = layer0_qk(cfg, params, acts, float(an.corresponding_digit_threshold))
     qk_section(cfg, qk, wd, rep)
@@ -756,7 +785,7 @@ def analyze(cfg: ModelConfig, params: dict, tokens: np.ndarray, an, wd: Workdir,
     ov = layer1_ov(cfg, params)
     out["layer1_ov"] = ov_section(cfg, ov, wd, rep)
     out["carries"] = carry_section(cfg, tokens, carry, base, heads, carry_attention(acts, carry), wd, rep)
-    out["notebook_comparison"] = notebook_comparison(cfg, u, heads, qkv, qk, ov, out["carries"])
+    out["notebook_comparison"] = notebook_comparison(cfg, u, heads, qkv, subsets, qk, ov, out["carries"])
     sec = rep.section("The notebook's findings and ours")
     sec.table(["finding", "notebook", "this run"],
               [[k, v["notebook"], v["ours"]] for k, v in out["notebook_comparison"].items()])
