@@ -74,16 +74,13 @@ def test_quick_binary_writes_the_whole_workdir(quick_workdir):
 def test_rerun_resumes_and_a_different_config_is_refused(quick_workdir, tmp_path, capsys):
     config = get_config("quick")
     before = json.loads((quick_workdir / "results.json").read_text())
-    again = grokking.train_and_evaluate(config, str(quick_workdir))  # finished run: reloaded, not retrained
-    assert "[train] epoch" not in capsys.readouterr().err
-    assert again["training"]["final_test_loss"] == before["training"]["final_test_loss"]
     changed = get_config("quick")
     changed.optimizer.lr = 1e-2
     with pytest.raises(experiment.ConfigMismatchError, match=r"optimizer.lr: 0.003 -> 0.01"):
         grokking.train_and_evaluate(changed, str(quick_workdir))
 
-    # Interrupt a run half way (drop its last checkpoint): the rerun continues from epoch 150 and
-    # ends exactly where the uninterrupted run did.
+    # Interrupt a run half way (drop its last checkpoint): the rerun continues from epoch 150 (it
+    # neither starts over nor retrains what is saved) and ends exactly where the uninterrupted run did.
     work = tmp_path / "interrupted"
     shutil.copytree(quick_workdir, work)
     ckpts = work / "checkpoints"

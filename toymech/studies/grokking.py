@@ -33,6 +33,7 @@ import toymech as tm
 from toymech import experiment, plots, train
 from toymech.config import ModelConfig
 from toymech.report import Report
+from toymech.studies import grokking_addition, grokking_modular
 from toymech.tasks import grokking as gk
 
 
@@ -223,21 +224,25 @@ def config_section(config, rep: Report) -> None:
 def train_and_evaluate(config, workdir) -> dict:
     """Train (or resume) the variant in `config`, run its analyses, write the workdir.
 
-    Returns the results dict also written to workdir/results.json.
+    Returns the results dict also written to workdir/results.json. Matmuls run at
+    `config.matmul_precision` ('highest': true float32 everywhere, no TF32 on GPUs).
     """
-    from toymech.studies import grokking_addition, grokking_modular  # the two settings' analyses
-
     t0 = time.perf_counter()
     wd = experiment.open_workdir(workdir, config)
+    with jax.default_matmul_precision(config.matmul_precision):
+        return _run(config, wd, t0)
+
+
+def _run(config, wd: experiment.Workdir, t0: float) -> dict:
     run = train_model(config, wd)
     experiment.write_metrics(wd, metrics_rows(run))
     summary = training_summary(run)
     results: dict[str, Any] = {"variant": config.variant, "setting": config.task, "training": summary}
     if run.task.modular:
-        title = f"Grokking: modular addition mod {run.task.p} ({config.variant} variant)"
+        title = f"Grokking (study 3b): modular addition mod {run.task.p}, {config.variant} variant"
         intro = grokking_modular.INTRO
     else:
-        title = f"Grokking study, plain addition of 0..{run.task.p - 1} ({config.variant} variant)"
+        title = f"Grokking (study 3a): plain addition of 0..{run.task.p - 1}, {config.variant} variant"
         intro = grokking_addition.INTRO
     rep = Report(title, intro)
     if run.task.modular:
