@@ -52,12 +52,12 @@ _SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os
 
 _OUT = flags.DEFINE_string("out", "/tmp/benchmark_analysis.json", "Where to write the JSON results.")
 _SHARED_DIR = flags.DEFINE_string("shared", os.path.normpath(_SHARED), "The shared folder (models, fixtures).")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Steady-state calls timed per toymech item (median reported).")
+_REPEATS = flags.DEFINE_integer("repeats", 2, "Steady-state calls timed per toymech item (median reported).")
 _TL_SWEEP_TARGETS = flags.DEFINE_integer(
-    "tl_sweep_targets", 0, "Reference sweep: run this many (layer, head, pos) targets and scale (0 = all).")
+    "tl_sweep_targets", 28, "Reference sweep: run this many (layer, head, pos) targets and scale (0 = all).")
 _N_CHECKPOINTS = flags.DEFINE_integer("n_checkpoints", 250, "Grokking checkpoints for restricted/excluded loss.")
 _TL_CHECKPOINTS = flags.DEFINE_integer(
-    "tl_checkpoints", 25, "Reference progress loop: run this many checkpoints and scale (0 = all).")
+    "tl_checkpoints", 10, "Reference progress loop: run this many checkpoints and scale (0 = all).")
 _ITEMS = flags.DEFINE_list("items", ["sweep", "polyfit", "probes", "progress"], "Which items to run.")
 
 KEY_FREQS = (14, 35, 41, 42, 52)  # Nanda et al.'s; any frequencies time the same

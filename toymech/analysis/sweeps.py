@@ -182,7 +182,10 @@ def _map_runs(cfg, params, tokens, key_padding_mask, metric, xs, build, chunk_si
         return metric(logits)
 
     n = jax.tree.leaves(xs)[0].shape[0]
-    return jax.lax.map(one, xs, batch_size=min(chunk_size, n))
+    chunk_size = min(chunk_size, n)
+    pad = -n % chunk_size  # repeat the last run up to whole chunks: one loop body, no remainder copy
+    xs = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]), xs)
+    return jax.lax.map(one, xs, batch_size=chunk_size)[:n]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "chunk_size"))
