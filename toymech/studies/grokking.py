@@ -146,11 +146,12 @@ def training_section(run: TrainedRun, summary: dict, wd: experiment.Workdir, rep
                        "test loss": (eh["epoch"], eh["loss"])},
                  title="Train and test loss", xlabel="epoch", ylabel="cross-entropy (log scale)", log_y=True,
                  vlines=phases)
-    what = ("with the phase boundaries detected from the progress measures (dashed)" if phases else "")
+    what = (", with the phase boundaries detected from the progress measures (dashed)" if phases else "")
     sec.figure(wd.relative(fig),
-               f"Train loss (every epoch) and test loss (every {int(run.config.eval_every)} epochs), log scale, "
+               f"Train loss (every epoch) and test loss (every {int(run.config.eval_every)} epochs), log scale"
                f"{what}. Grokking shows as test loss staying high long after train loss has collapsed, then "
-               f"falling late.")
+               f"falling late. Sharp spikes are Adam 'slingshots': once gradients are near zero, Adam's normalised "
+               f"step is briefly large; the model recovers within tens of epochs.")
     fig = plots.curves(wd.figure_path("accuracy_curves"),
                        {"train accuracy": (th["epoch"][::step], th["accuracy"][::step]),
                         "test accuracy": (eh["epoch"], eh["accuracy"])},
