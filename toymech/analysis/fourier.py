@@ -31,8 +31,9 @@ Contents:
     (study 4) and on the logits of plain addition (study 3a), with top-k
     reconstruction.
 
-Everything is pure float32 JAX (bases are built in float64 with numpy and
-cast), jittable with p static.
+Everything is pure float32 JAX, jittable with p and the frequency lists
+static: bases and trigonometric tables are built in float64 with numpy (angles
+reduced mod p in integers) and enter the computation as constants.
 """
 
 from __future__ import annotations
@@ -57,12 +58,6 @@ KEY_FREQUENCY_FRACTION = 0.25
 def _check_p(p: int, where: str) -> None:
     if not isinstance(p, (int, np.integer)) or p < 1:
         raise ValueError(f"{where}: p must be a positive int, got {p!r}")
-
-
-def num_frequencies(p: int) -> int:
-    """Number of non-constant frequencies in Z_p: p // 2 (1 .. p//2)."""
-    _check_p(p, "num_frequencies")
-    return p // 2
 
 
 @functools.lru_cache(maxsize=None)
@@ -285,7 +280,7 @@ def sum_frequency_directions(p: int, freqs: Sequence[int],
     Returns:
         [2f, p, p]: rows 2i and 2i+1 are the cos and sin directions of freqs[i],
         each of unit Frobenius norm; a direction that vanishes on the grid (the
-        sine at k = p/2 for even p, or k = 0) is returned as zeros.
+        sine at k = 0, or at k = p/2 for even p) is returned as zeros.
     """
     k = _freq_array(freqs, "sum_frequency_directions")[:, None, None]
     ab = np.arange(p)[:, None] + np.arange(p)[None, :]  # [p, p]

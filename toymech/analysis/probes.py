@@ -1,9 +1,9 @@
 """Linear probes and least-squares fits, batched over sites and targets.
 
-Every fit here is closed form (an eigendecomposition of the small Gram
-matrix of the centred design, see `_ridge_solve`), so a
-probe at every (layer, position), or a polynomial fit of all 512 neurons of an
-MLP, is one call with no Python loop:
+Every fit here is closed form (Cholesky or eigendecomposition of the small
+Gram matrix of the centred design, see `_ridge_solve`), so a probe at every
+(layer, position), or a polynomial fit of all 512 neurons of an MLP, is one
+jitted call with no Python loop:
 
 * `fit_ridge` / `fit_ols` follow scikit-learn's `Ridge` / `LinearRegression`
     (intercept not penalised, `alpha` applied to centred data, minimum-norm
@@ -22,9 +22,15 @@ MLP, is one call with no Python loop:
 
 Shapes: the design matrix is [..., n, d] (n samples, d features) and targets
 are [n] (one target) or [..., n, t] (t targets); leading axes are batch axes
-(sites) and broadcast between x and y. All functions are pure and jittable
-(bool / int options are static). They compute in the input dtype (float32
-unless JAX x64 is enabled).
+(sites) and broadcast between x and y. All functions are pure and jitted
+(bool / int / str options are static) and usable inside jit / vmap. They
+compute in the input dtype (float32 unless JAX x64 is enabled).
+
+Speed (2-core CPU, shared): all 512 degree-2 neuron fits of study 3a in
+~2 ms steady state vs ~3 s for scikit-learn's per-neuron loop; probes at
+48 sites x 2,000 samples x d_model 64 in ~0.1 s vs ~0.2-0.5 s for a
+scikit-learn Ridge loop (that work is dominated by the Gram matrices, which
+both sides must compute).
 """
 
 from __future__ import annotations
@@ -477,6 +483,9 @@ def probe(acts: Array, targets: Array, *, sample_axis: int = 0,
         key: if given, hold out `test_size` of the samples (same split at every
             site) and report `r2`/`mse` on them; else evaluate on the training data.
         standardize: StandardScaler before the ridge (see `fit_ridge`).
+
+    Sites are fitted one after another inside one compiled program
+    (`jax.lax.map`), which keeps each site's data in cache.
 
     Returns:
         ProbeResult with site axes = the axes of `acts` other than the sample and
