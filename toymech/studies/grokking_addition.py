@@ -531,8 +531,10 @@ def _explain_differences(out: dict) -> list[str]:
     r1, r2 = float(e["pc1_variance_ratio"]), float(e["pc2_variance_ratio"])
     pcs = e["pc_feature_r2"]
     best = {pc: max(d, key=d.get) for pc, d in pcs.items()}  # the feature each PC matches best
-    described = "; ".join(f"{pc} ≈ {best[pc].split(' (')[-1].rstrip(')')} (R² {float(pcs[pc][best[pc]]):.2f})"
-                          for pc in pcs)
+    name = lambda feature: feature.split(" (")[-1].rstrip(")")
+    described = "; ".join(
+        f"{pc} ≈ {name(best[pc])} (R² {float(pcs[pc][best[pc]]):.2f})" if float(pcs[pc][best[pc]]) >= 0.3
+        else f"{pc} matches none of these (best R² {float(pcs[pc][best[pc]]):.2f})" for pc in pcs)
     if abs(r1 - NOTEBOOK["embedding_pc1_variance_ratio"]) > 0.1 or float(e["pc1_vs_digit_linear_fit"]["r2"]) < 0.9:
         lines.append(
             f"Embedding: the notebook's run put 73% of the digits' variance on a linear PC1 and 25% on a parabolic "
@@ -546,7 +548,7 @@ def _explain_differences(out: dict) -> list[str]:
             f"PC2 ablation: keeping only the mean and the PC1 part of each digit's embedding leaves "
             f"{float(a['accuracy_after']):.2f} accuracy here against 0.42 in the notebook. The ablation removes "
             f"everything but PC1, so what survives is whatever PC1 encodes in the run: the linear feature in the "
-            f"notebook (sums roughly right, errors of at most 3); here PC1 ≈ {best['PC1'].split(' (')[-1].rstrip(')')}, "
+            f"notebook (sums roughly right, errors of at most 3); here PC1 ≈ {name(best['PC1'])}, "
             f"so the sum is largely lost (largest error {a['max_abs_prediction_error']}). Removing only the PC2 "
             f"part leaves {float(a['accuracy_after_removing_only_pc2']):.2f}. Both runs agree on the finding that "
             f"matters: the model needs more than one embedding direction to add.")
