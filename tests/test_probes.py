@@ -55,6 +55,31 @@ def test_more_features_than_samples_gives_sklearns_minimum_norm_solution():
         np.testing.assert_allclose(fit.intercept, ref.intercept_, rtol=1e-4, atol=1e-5)
 
 
+def test_ill_conditioned_and_rank_deficient_designs_match_sklearn():
+    a, b = np.divmod(np.arange(100), 10)
+    feats = PolynomialFeatures(3, include_bias=False).fit_transform(np.stack([a, b], 1).astype(np.float64))
+    y = feats @ np.random.default_rng(10).normal(size=(9, 2)) + np.random.default_rng(11).normal(size=(100, 2))
+    fit = probes.fit_ols(feats.astype(np.float32), y.astype(np.float32))  # columns from 1 to 729: cond ~1e3
+    ref = LinearRegression().fit(feats, y)
+    np.testing.assert_allclose(fit.coef, ref.coef_.T, rtol=1e-4, atol=1e-4 * np.abs(ref.coef_).max())
+    x, y = _data(n=30, d=4, t=2)
+    dup = np.concatenate([x, 10.0 * x[:, :1]], axis=1)  # rank 4 of 5 columns: sklearn's minimum-norm solution
+    fit = probes.fit_ols(dup, y)
+    ref = LinearRegression().fit(dup.astype(np.float64), y.astype(np.float64))
+    np.testing.assert_allclose(fit.coef, ref.coef_.T, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("n,d", [(40, 5), (10, 25)])
+def test_ridge_with_a_traced_alpha_matches_sklearn(n, d):
+    x, y = _data(n=n, d=d, t=2)
+    fit = jax.jit(lambda a: probes.fit_ridge(x, y, a))(0.8)  # alpha unknown at trace time: eigendecomposition path
+    ref = Ridge(alpha=0.8).fit(x.astype(np.float64), y.astype(np.float64))
+    np.testing.assert_allclose(fit.coef, ref.coef_.T, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(fit.intercept, ref.intercept_, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="alpha"):
+        probes.fit_ridge(x, y, -1.0)
+
+
 def test_standardize_is_standard_scaler_then_ridge():
     x, y = _data(scales=np.array([1.0, 30.0, 0.05, 4.0, 200.0]))
     x[:, 3] = 2.5  # a constant feature: StandardScaler keeps its scale at 1

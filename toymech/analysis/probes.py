@@ -184,37 +184,65 @@ def _ridge_solve(xc: Array, yc: Array, alpha, positive: bool) -> Array:
     products with xc are XLA matmuls, so a batch of tall [n, d] problems costs
     a few passes over the data even where LAPACK is slow on large matrices (a
     thin SVD of each xc is ~100x slower on a busy 2-core CPU).
-    * alpha known to be > 0 (`positive`): Cholesky of gram + alpha I, as
-      sklearn's Ridge does.
-    * otherwise (least squares): eigendecomposition of the Gram matrix,
-      eigenvalues below max(n, d) * eps * largest counting as zero when
-      alpha = 0, then one step of iterative refinement with the residual
-      computed through xc, which recovers the accuracy that the Gram
-      matrix's squared condition number costs.
+
+    In the primal case the Gram matrix is first scaled to unit diagonal
+    (Jacobi), so features of very different scales (a, a², a³, ...) keep
+    their accuracy in float32. Then:
+    * alpha known to be > 0 (`positive`): Cholesky of the regularised matrix,
+      as sklearn's Ridge does;
+    * otherwise (least squares): its eigendecomposition, eigenvalues below
+      max(n, d) * eps * largest counting as zero when alpha = 0, one step of
+      iterative refinement with the residual computed through xc (recovering
+      the accuracy the Gram matrix's squared condition number costs), and the
+      solution's component in the null space of xc removed, which makes it
+      the minimum-norm one.
     """
     n, d = xc.shape[-2:]
     xt = jnp.swapaxes(xc, -1, -2)  # [..., d, n]
-    primal = d <= n
-    gram = xt @ xc if primal else xc @ xt  # [..., k, k], k = min(n, d)
-    rhs = xt @ yc if primal else yc  # [..., k, t]
+    eps = jnp.finfo(xc.dtype).eps
+    if d > n:  # dual: w = xcᵀ c lies in the row space, so it is the minimum-norm solution
+        kernel = xc @ xt  # [..., n, n]
+        if positive:
+            chol = jnp.linalg.cholesky(kernel + alpha * jnp.eye(n, dtype=kernel.dtype))
+            return xt @ jax.scipy.linalg.cho_solve((chol, True), yc)
+        solve, _ = _psd_pinv(kernel + alpha * jnp.eye(n, dtype=kernel.dtype), alpha, d * eps)
+        c = solve(yc)
+        return xt @ (c + solve(yc - xc @ (xt @ c) - alpha * c))
+    gram = xt @ xc  # [..., d, d]
+    diag = jnp.diagonal(gram, axis1=-2, axis2=-1)
+    s = jnp.where(diag > 0, jax.lax.rsqrt(jnp.where(diag > 0, diag, 1.0)), 1.0)[..., :, None]  # [..., d, 1]
+    scaled = gram * s * jnp.swapaxes(s, -1, -2) + alpha * jnp.eye(d, dtype=gram.dtype) * jnp.square(s)
+    rhs = s * (xt @ yc)  # [..., d, t]
     if positive:
-        chol = jnp.linalg.cholesky(gram + alpha * jnp.eye(gram.shape[-1], dtype=gram.dtype))
-        sol = jax.scipy.linalg.cho_solve((chol, True), rhs)
-        return sol if primal else xt @ sol
-    lam, vec = jnp.linalg.eigh(gram)
-    lam = jnp.maximum(lam, 0.0)
-    keep = (lam > max(n, d) * jnp.finfo(xc.dtype).eps * lam[..., -1:]) | (alpha > 0)
-    inv = jnp.where(keep, 1.0 / jnp.where(keep, lam + alpha, 1.0), 0.0)  # [..., k]
+        chol = jnp.linalg.cholesky(scaled)
+        return s * jax.scipy.linalg.cho_solve((chol, True), rhs)
+    solve, dropped = _psd_pinv(scaled, alpha, n * eps)
+    z = solve(rhs)
+    z = z + solve(s * (xt @ (yc - xc @ (s * z))) - alpha * jnp.square(s) * z)
+    w = s * z
+    # Remove w's component in null(xc) = s * span(dropped eigenvectors): least-squares -> minimum norm.
+    # Identity on the kept directions' (zero) columns makes nullᵀnull positive definite.
+    null = s * dropped  # [..., d, d]
+    nn = jnp.swapaxes(null, -1, -2) @ null + jnp.eye(d, dtype=null.dtype) * jnp.all(
+        dropped == 0, axis=-2)[..., None, :]
+    return w - null @ jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(nn), True),
+                                                 jnp.swapaxes(null, -1, -2) @ w)
 
-    def solve(b):  # (gram + alpha I)^+ b, b [..., k, t]
+
+def _psd_pinv(m: Array, alpha, rtol):
+    """For a symmetric PSD m [..., k, k] (already including any ridge term):
+    (b -> m^+ b, eigenvectors of the directions treated as zero, other
+    columns zeroed). Eigenvalues below rtol * largest count as zero unless
+    alpha > 0."""
+    lam, vec = jnp.linalg.eigh(m)
+    lam = jnp.maximum(lam, 0.0)
+    keep = (lam > rtol * lam[..., -1:]) | (alpha > 0)
+    inv = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)  # [..., k]
+
+    def solve(b):  # [..., k, t]
         return vec @ (inv[..., :, None] * (jnp.swapaxes(vec, -1, -2) @ b))
 
-    if primal:
-        w = solve(rhs)
-        return w + solve(xt @ (yc - xc @ w) - alpha * w)
-    c = solve(rhs)  # dual coefficients [..., n, t]
-    c = c + solve(yc - xc @ (xt @ c) - alpha * c)
-    return xt @ c
+    return solve, vec * (~keep)[..., None, :]
 
 
 def fit_ols(x: Array, y: Array, *, fit_intercept: bool = True) -> LinearFit:
