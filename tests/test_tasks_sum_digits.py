@@ -112,5 +112,5 @@ def test_loss_fn_runs_the_model_on_all_14_tokens():
     logits, _ = tm.apply(cfg, params, tokens)
     np.testing.assert_allclose(loss, sd.token_losses(logits, tokens)[0].mean(), rtol=1e-6)
     assert set(extra) == {"accuracy", "sequence_accuracy"}
-    grads = jax.grad(lambda p: sd.loss_fn(cfg, p, tokens)[0])(params)
+    grads = jax.jit(jax.grad(lambda p: sd.loss_fn(cfg, p, tokens)[0]))(params)
     assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
