@@ -135,6 +135,8 @@ def test_sum_frequency_directions_are_orthonormal_and_drop_vanishing_ones():
     np.testing.assert_array_equal(d[3], 0.0)  # sin(5 (a+b) 2 pi / 10) = sin(pi (a+b)) = 0
     keep = [0, 1, 2, 4, 5]
     np.testing.assert_allclose(d[keep] @ d[keep].T, np.eye(5), atol=1e-6)
+    dropped = fourier.sum_frequency_directions(p, [2, 5, 3], drop_vanishing=True)
+    np.testing.assert_array_equal(np.asarray(dropped).reshape(5, -1), np.asarray(d[keep], np.float32))
 
 
 def test_rfft_magnitude_phase_match_numpy():

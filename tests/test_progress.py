@@ -143,7 +143,8 @@ def test_grokking_progress_matches_the_notebooks_measures_per_checkpoint():
     dataset = grokking.make_dataset(grokking.AdditionTask(P), 0.5, seed=0)
     models = [tl_model(cfg, seed=s, randomize_biases=False) for s in range(3)]
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[params_from_tl(m) for m in models])
-    got = progress.grokking_progress(cfg, stacked, dataset, KEY_FREQS, batch_size=2)  # 2 + a remainder of 1
+    # inside jit (as research code would call it), 2 checkpoints vmapped + a remainder of 1
+    got = jax.jit(lambda s: progress.grokking_progress(cfg, s, dataset, KEY_FREQS, batch_size=2))(stacked)
     for i, model in enumerate(models):
         want = _tl_measures(model, dataset, KEY_FREQS)
         for name, value in want.items():

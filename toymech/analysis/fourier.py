@@ -269,26 +269,31 @@ def _phase(p: int, k: np.ndarray, x: np.ndarray) -> np.ndarray:
     return 2 * np.pi * np.mod(k * x, p) / p
 
 
-def sum_frequency_directions(p: int, freqs: Sequence[int],
-                             dtype=jnp.float32) -> Array:
+def sum_frequency_directions(p: int, freqs: Sequence[int], dtype=jnp.float32, *,
+                             drop_vanishing: bool = False) -> Array:
     """Unit directions cos(w_k (a+b)) and sin(w_k (a+b)) over the (a, b) grid.
 
     Args:
         p: the modulus (grid is p x p; w_k = 2 pi k / p).
         freqs: [f] integer frequencies.
+        drop_vanishing: leave out directions that vanish on the grid (the sine
+            at k = 0, or at k = p/2 for even p) instead of returning zeros.
 
     Returns:
         [2f, p, p]: rows 2i and 2i+1 are the cos and sin directions of freqs[i],
-        each of unit Frobenius norm; a direction that vanishes on the grid (the
-        sine at k = 0, or at k = p/2 for even p) is returned as zeros.
+        each of unit Frobenius norm, a vanishing one as zeros (or [K, p, p]
+        without them if `drop_vanishing`). Built with numpy: a constant, also
+        inside jit.
     """
     k = _freq_array(freqs, "sum_frequency_directions")[:, None, None]
     ab = np.arange(p)[:, None] + np.arange(p)[None, :]  # [p, p]
     theta = _phase(p, k, ab)  # [f, p, p]
     dirs = np.stack([np.cos(theta), np.sin(theta)], axis=1).reshape(-1, p, p)
     norm = np.sqrt(np.sum(np.square(dirs), axis=(1, 2), keepdims=True))
-    # A vanishing direction has norm ~1e-14 from rounding; a real one >= 1/sqrt(2).
-    dirs = np.where(norm > 1e-6, dirs / np.where(norm > 0, norm, 1.0), 0.0)
+    real = norm > 1e-6  # a vanishing direction has norm ~1e-14 from rounding; a real one >= 1/sqrt(2)
+    dirs = np.where(real, dirs / np.where(real, norm, 1.0), 0.0)
+    if drop_vanishing:
+        dirs = dirs[real[:, 0, 0]]
     return jnp.asarray(dirs, dtype)
 
 

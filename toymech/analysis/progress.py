@@ -109,14 +109,15 @@ def fourier_gini(W_E: Array, W_logit: Array, p: int) -> tuple[Array, Array]:
             gini(fourier.component_norms(W_logit, axis=1)))
 
 
-def _key_part(neuron_acts: Array, W_logit: Array, directions: Array) -> Array:
-    """(sum_D <A, D> D) @ W_logit, computed as D.T @ ((D @ A) @ W_logit) so that
-    no [N, d_mlp] array meets W_logit.  # [N, v]"""
-    return directions.T @ ((directions @ neuron_acts) @ W_logit)
+def _key_coefficients(neuron_acts: Array, W_logit: Array, directions: Array) -> Array:
+    """(D @ A) @ W_logit: the logit contribution carried by each direction.  # [K, v]
+
+    (sum_D <A, D> D) @ W_logit = D.T @ this, so no [N, d_mlp] array meets W_logit."""
+    return (directions @ neuron_acts) @ W_logit
 
 
 def restricted_logits(neuron_acts: Array, logits: Array, W_logit: Array,
-                      directions: Array) -> Array:
+                      directions: Array, rows: Array | None = None) -> Array:
     """Logits from the key-frequency part of the neuron activations only.
 
     Args:
@@ -126,26 +127,33 @@ def restricted_logits(neuron_acts: Array, logits: Array, W_logit: Array,
       W_logit: [m, v] = W_out @ W_U.
       directions: [K, N] orthonormal grid directions to keep (e.g.
         `fourier.sum_frequency_directions(p, key_freqs).reshape(-1, p * p)`).
+      rows: int [R], the inputs to return (e.g. the test split); None = all.
 
     Returns:
-      [N, v]: (mean(A) + sum_D <A, D> D) @ W_logit, shifted to the model's
-      mean logits (the notebook's bias correction).
+      [R, v] (or [N, v]): (mean(A) + sum_D <A, D> D) @ W_logit, shifted so
+      that its mean over all N inputs is the model's mean logits (the
+      notebook's bias correction).
     """
-    out = neuron_acts.mean(axis=0) @ W_logit + _key_part(neuron_acts, W_logit, directions)
-    return out + logits.mean(axis=0) - out.mean(axis=0)
+    coeffs = _key_coefficients(neuron_acts, W_logit, directions)  # [K, v]
+    d_rows = directions if rows is None else directions[:, rows]
+    # mean over all inputs of D.T @ coeffs is mean(D) @ coeffs; mean(A) @ W_logit cancels in the shift
+    return d_rows.T @ coeffs + logits.mean(axis=0) - directions.mean(axis=1) @ coeffs
 
 
 def excluded_logits(neuron_acts: Array, logits: Array, W_logit: Array,
-                    directions: Array) -> Array:
+                    directions: Array, rows: Array | None = None) -> Array:
     """Logits with the key-frequency part of the neuron activations removed.
 
     Same arguments as `restricted_logits`. Exact for a model whose logits are
     linear in the MLP activations (one layer, no LayerNorm): the model's
     logits minus the removed part's contribution, i.e. the activations
     A - sum_D <A, D> D pushed through W_out, the residual stream, W_U and
-    the biases.  # [N, v]
+    the biases.  # [R, v] (or [N, v])
     """
-    return logits - _key_part(neuron_acts, W_logit, directions)
+    coeffs = _key_coefficients(neuron_acts, W_logit, directions)
+    if rows is None:
+        return logits - directions.T @ coeffs
+    return logits[rows] - directions[:, rows].T @ coeffs
 
 
 class GridForward(NamedTuple):
@@ -276,26 +284,26 @@ def grokking_progress(cfg: tm.ModelConfig, stacked_params, dataset: grokking.Dat
     bad = [k for k in key_freqs if not 1 <= k <= p // 2]
     if bad:
         raise ValueError(f"grokking_progress: key frequencies must be in 1..{p // 2}, got {bad}")
-    directions = fourier.sum_frequency_directions(p, key_freqs).reshape(-1, p * p)  # [K, p*p]
-    directions = directions[jnp.linalg.norm(directions, axis=1) > 0]
+    directions = fourier.sum_frequency_directions(p, key_freqs, drop_vanishing=True).reshape(-1, p * p)  # [K, p*p]
     return _progress(cfg, stacked_params, jnp.asarray(dataset.labels), rows, directions, p, batch_size)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "p", "batch_size"))
 def _progress(cfg, stacked_params, labels, rows, directions, p, batch_size) -> ProgressMeasures:
-    def loss(logits, which):
-        idx = rows[which]
-        return grokking.per_example_loss(logits[idx], labels[idx]).mean()
+    def loss(logits, which):  # logits for the rows of split `which`
+        return grokking.per_example_loss(logits, labels[rows[which]]).mean()
 
     def one(params):
         out = grid_forward(cfg, params, p)
         W_logit = neuron_logit_map(params)
         g_embed, g_logit = fourier_gini(params["embed"]["W_E"], W_logit, p)
         return ProgressMeasures(
-            train_loss=loss(out.logits, "train"),
-            test_loss=loss(out.logits, "test"),
-            restricted_loss=loss(restricted_logits(out.post, out.logits, W_logit, directions), "restricted"),
-            excluded_loss=loss(excluded_logits(out.post, out.logits, W_logit, directions), "excluded"),
+            train_loss=loss(out.logits[rows["train"]], "train"),
+            test_loss=loss(out.logits[rows["test"]], "test"),
+            restricted_loss=loss(restricted_logits(out.post, out.logits, W_logit, directions, rows["restricted"]),
+                                 "restricted"),
+            excluded_loss=loss(excluded_logits(out.post, out.logits, W_logit, directions, rows["excluded"]),
+                               "excluded"),
             cos_coefficients=fourier.logit_cos_coefficients(out.logits.reshape(p, p, -1)),
             sum_squared_weights=sum_squared_weights(params),
             gini_embedding=g_embed,
