@@ -30,10 +30,10 @@ import toymech as tm
 from toymech import train as T
 
 _STUDIES = flags.DEFINE_list("studies", ["reverse", "sum", "grokking"], "Which study models to benchmark.")
-_STEPS = flags.DEFINE_list("steps", ["reverse=2000", "sum=200", "grokking=30"],
+_STEPS = flags.DEFINE_list("steps", ["reverse=1000", "sum=100", "grokking=10"],
                            "Timed optimizer steps per study (study=steps).")
 _SEED_COUNTS = flags.DEFINE_list("seed_counts", ["1", "8", "32"], "Numbers of vmapped seeds for train_many.")
-_SEED_STEPS = flags.DEFINE_list("seed_steps", ["reverse=200", "sum=20", "grokking=2"],
+_SEED_STEPS = flags.DEFINE_list("seed_steps", ["reverse=100", "sum=20", "grokking=1"],
                                 "Optimizer steps per seed-count measurement (study=steps).")
 _THREADS = flags.DEFINE_integer("threads", os.cpu_count(), "torch intra-op threads (JAX uses every core).")
 _TORCH = flags.DEFINE_bool("torch", True, "Also time TransformerLens/PyTorch when installed.")
@@ -121,19 +121,27 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
+def _epochs(study: Study, steps: int) -> tuple[int, int]:
+    """(epochs, epochs per compiled chunk) for about `steps` optimizer steps: chunks of
+    about a tenth of the run, so that the compiling warm-up call is short."""
+    spe = study.n_examples // (study.batch_size or study.n_examples)
+    epochs = max(1, steps // spe)
+    return epochs, max(d for d in range(1, max(1, epochs // 10) + 1) if epochs % d == 0)
+
+
 def toymech_steps_per_s(study: Study, steps: int) -> tuple[float, dict]:
-    """Steps/s of `train` on the study (timed after an identical compiling call)."""
+    """Steps/s of `train` on the study, timed after a one-chunk call that compiles."""
     data = {"tokens": synthetic_tokens(study)}
     B = study.batch_size or study.n_examples
     spe = study.n_examples // B
-    if steps % spe:
-        raise ValueError(f"steps={steps} must be a multiple of the {spe} steps per epoch")
+    epochs, chunk = _epochs(study, steps)
     loss = functools.partial(cross_entropy, study)
     params = tm.init_params(study.cfg, jax.random.key(0))
-    run = lambda: jax.block_until_ready(T.train(loss, params, data, study.opt, num_epochs=steps // spe,
-                                                batch_size=study.batch_size, progress=False).params)
-    run()  # compiles
-    seconds = _timed(run)
+    run = lambda n: jax.block_until_ready(T.train(loss, params, data, study.opt, num_epochs=n, chunk_epochs=chunk,
+                                                  batch_size=study.batch_size, progress=False).params)
+    run(chunk)  # compiles
+    seconds = _timed(lambda: run(epochs))
+    steps = epochs * spe
     # XLA's own count for one step, as a check on the analytic FLOPs
     tx = T.make_optimizer(study.opt, spe)
     batch = {"tokens": jnp.asarray(data["tokens"][:B])}
@@ -152,13 +160,14 @@ def seed_steps_per_s(study: Study, n_seeds: int, steps: int) -> float:
     """Seed-steps/s of `train_many` over `n_seeds` vmapped seeds (timed after compiling)."""
     data = {"tokens": synthetic_tokens(study)}
     spe = study.n_examples // (study.batch_size or study.n_examples)
+    epochs, chunk = _epochs(study, steps)
     loss = functools.partial(cross_entropy, study)
     params = tm.init_params(study.cfg, jax.random.key(0))
-    run = lambda: jax.block_until_ready(T.train_many(loss, params, data, study.opt, seeds=list(range(n_seeds)),
-                                                     num_epochs=max(1, steps // spe),
-                                                     batch_size=study.batch_size, progress=False).params)
-    run()
-    return n_seeds * max(1, steps // spe) * spe / _timed(run)
+    run = lambda n: jax.block_until_ready(T.train_many(
+        loss, params, data, study.opt, seeds=list(range(n_seeds)), num_epochs=n, chunk_epochs=chunk,
+        batch_size=study.batch_size, progress=False).params)
+    run(chunk)  # compiles
+    return n_seeds * epochs * spe / _timed(lambda: run(epochs))
 
 
 def torch_steps_per_s(study: Study, steps: int, threads: int) -> float | None:

@@ -315,10 +315,10 @@ def _loss_caller(loss_fn) -> Callable:
         return loss_fn
 
 
-def _check_metrics(metrics, where: str) -> None:
+def _check_metrics(metrics, where: str, reserved=("loss", "lr", "epoch")) -> None:
     if not isinstance(metrics, Mapping):
-        raise TypeError(f"{where} must return (loss, metrics dict), got metrics of type {type(metrics).__name__}")
-    clash = {"loss", "lr", "epoch"} & set(metrics)
+        raise TypeError(f"{where} must return a metrics dict, got {type(metrics).__name__}")
+    clash = set(reserved) & set(metrics)
     if clash:
         raise ValueError(f"{where}: metric names {sorted(clash)} are reserved by the engine")
 
@@ -396,7 +396,7 @@ def _compiled_chunk(loss_fn, eval_fn, opt: OptimizerConfig, plan: _Plan, batched
         def evaluate(params):
             if eval_fn is not None:
                 metrics = eval_fn(params, eval_data)
-                _check_metrics({k: v for k, v in metrics.items() if k != "loss"}, "eval_fn")
+                _check_metrics(metrics, "eval_fn", reserved=("epoch",))
                 return dict(metrics)
             loss, metrics = call_loss(params, eval_data, eval_key)
             return {"loss": loss, **metrics}
