@@ -22,7 +22,9 @@ Times, side by side in one run on one machine (a few minutes on a 2-core CPU):
 
 The toymech side is timed on its first call (compilation included) and in
 steady state (median of --repeats calls); the references have no compilation
-and are timed once after a one-iteration warm-up. Reference loops that would
+and are timed once after a warm-up, with the faster of 1 thread and all
+cores for PyTorch / BLAS (on a busy machine, 2 spinning threads made
+TransformerLens 7x slower than 1). Reference loops that would
 take long run on a prefix of their iterations (--tl_sweep_targets,
 --tl_checkpoints) and are scaled linearly to the full count; the JSON says
 how many ran. Every item also checks that both sides computed the same
@@ -32,6 +34,7 @@ Prints a table and writes JSON to --out.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -54,10 +57,10 @@ _OUT = flags.DEFINE_string("out", "/tmp/benchmark_analysis.json", "Where to writ
 _SHARED_DIR = flags.DEFINE_string("shared", os.path.normpath(_SHARED), "The shared folder (models, fixtures).")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Steady-state calls timed per toymech item (median reported).")
 _TL_SWEEP_TARGETS = flags.DEFINE_integer(
-    "tl_sweep_targets", 28, "Reference sweep: run this many (layer, head, pos) targets and scale (0 = all).")
+    "tl_sweep_targets", 0, "Reference sweep: run this many (layer, head, pos) targets and scale (0 = all).")
 _N_CHECKPOINTS = flags.DEFINE_integer("n_checkpoints", 250, "Grokking checkpoints for restricted/excluded loss.")
 _TL_CHECKPOINTS = flags.DEFINE_integer(
-    "tl_checkpoints", 10, "Reference progress loop: run this many checkpoints and scale (0 = all).")
+    "tl_checkpoints", 25, "Reference progress loop: run this many checkpoints and scale (0 = all).")
 _ITEMS = flags.DEFINE_list("items", ["sweep", "polyfit", "probes", "progress"], "Which items to run.")
 
 KEY_FREQS = (14, 35, 41, 42, 52)  # Nanda et al.'s; any frequencies time the same
@@ -76,12 +79,45 @@ def _time_toymech(fn, repeats: int):
     return out, first, float(np.median(steady))
 
 
-def _row(name, what, tm_first, tm_steady, ref_seconds, ref_ran, ref_total, check, reference):
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _blas_threads(n: int):
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(limits=n)
+
+
+def _time_reference(loop, first, threads):
+    """Times `loop()` (a reference loop; returns its results) with the faster
+    of 1 thread and all cores, chosen by timing `first()` (one iteration,
+    after a warm-up call) under each. Returns (results, seconds, threads)."""
+    trial = {}
+    for n in sorted({1, os.cpu_count() or 1}):
+        with threads(n):
+            first()
+            trial[n] = _timed(first)[1]
+    best = min(trial, key=trial.get)
+    with threads(best):
+        out, seconds = _timed(loop)
+    return out, seconds, best
+
+
+def _row(name, what, tm_first, tm_steady, reference, ref, ref_ran, ref_total, check):
+    ref_seconds, ref_threads = ref
     ref_full = ref_seconds * ref_total / ref_ran
     return dict(item=name, what=what, toymech_first_s=tm_first, toymech_steady_s=tm_steady,
-                reference=reference, reference_s=ref_full, reference_measured_s=ref_seconds,
-                reference_iterations_run=ref_ran, reference_iterations_total=ref_total,
-                speedup_steady=ref_full / tm_steady, speedup_incl_compile=ref_full / tm_first, check=check)
+                reference=reference, reference_threads=ref_threads, reference_s=ref_full,
+                reference_measured_s=ref_seconds, reference_iterations_run=ref_ran,
+                reference_iterations_total=ref_total, speedup_steady=ref_full / tm_steady,
+                speedup_incl_compile=ref_full / tm_first, check=check)
 
 
 def _tl_model(cfg, state_dict):
@@ -119,14 +155,12 @@ def bench_sweep(shared: str, repeats: int, tl_targets: int) -> dict:
         return -logp.gather(-1, labels[..., None]).mean().item()
 
     with torch.no_grad():
-        tl_target(*ran[0])  # warm-up
-        start = time.perf_counter()
-        theirs = [tl_target(*t) for t in ran]
-        seconds = time.perf_counter() - start
+        theirs, seconds, threads = _time_reference(lambda: [tl_target(*t) for t in ran],
+                                                   lambda: tl_target(*ran[0]), _torch_threads)
     diff = float(np.max(np.abs(np.asarray(ours).reshape(-1)[:len(ran)] - np.asarray(theirs))))
     return _row("sweep", f"mean-ablate hook_z at every (layer, head, pos): {len(targets)} runs x {tokens.shape}",
-                first, steady, seconds, len(ran), len(targets), {"max_abs_diff_loss": diff},
-                "TransformerLens run_with_hooks loop")
+                first, steady, "TransformerLens run_with_hooks loop", (seconds, threads), len(ran), len(targets),
+                {"max_abs_diff_loss": diff})
 
 
 # --- 2. polynomial fits of 512 neurons -----------------------------------------
@@ -156,11 +190,11 @@ def bench_polyfit(repeats: int) -> dict:
             out[i] = LinearRegression(fit_intercept=False).fit(feats, y_np[:, i]).score(feats, y_np[:, i])
         return out
 
-    sklearn_loop()  # warm-up
-    theirs, seconds = _timed(sklearn_loop)
+    theirs, seconds, threads = _time_reference(sklearn_loop, sklearn_loop, _blas_threads)
     diff = float(np.max(np.abs(np.asarray(r2) - theirs)))
     return _row("polyfit", f"degree-2 fits of {y_np.shape[1]} neurons on 4 features, {len(x_np)} inputs",
-                first, steady, seconds, 1, 1, {"max_abs_diff_r2": diff}, "scikit-learn LinearRegression loop")
+                first, steady, "scikit-learn LinearRegression loop", (seconds, threads), 1, 1,
+                {"max_abs_diff_r2": diff})
 
 
 # --- 3. probes at every (layer, position) ------------------------------------
@@ -193,13 +227,12 @@ def bench_probes(repeats: int) -> dict:
                 out[layer, p] = r2_score(y_np[test], model.predict(xs[test]))
         return out
 
-    sklearn_loop()  # warm-up
-    theirs, seconds = _timed(sklearn_loop)
+    theirs, seconds, threads = _time_reference(sklearn_loop, sklearn_loop, _blas_threads)
     diff = float(np.max(np.abs(np.asarray(r2) - theirs)))
     n_sites = acts_np.shape[0] * acts_np.shape[2]
     return _row("probes", f"ridge probes at {acts_np.shape[0]} layers x {acts_np.shape[2]} positions "
                 f"({n_sites} sites), {len(y_np)} samples x d_model {acts_np.shape[-1]}",
-                first, steady, seconds, 1, 1, {"max_abs_diff_r2": diff}, "scikit-learn Ridge loop")
+                first, steady, "scikit-learn Ridge loop", (seconds, threads), 1, 1, {"max_abs_diff_r2": diff})
 
 
 # --- 4. restricted / excluded loss over checkpoints --------------------------
@@ -254,16 +287,14 @@ def bench_progress(repeats: int, n_checkpoints: int, tl_checkpoints: int) -> dic
         return _tl_restricted_excluded(model, tokens, labels, train, test, task.p)
 
     with torch.no_grad():
-        tl_checkpoint(state_dicts[0])  # warm-up
-        start = time.perf_counter()
-        theirs = np.array([tl_checkpoint(sd) for sd in state_dicts])  # [n_ran, 2]
-        seconds = time.perf_counter() - start
+        theirs, seconds, threads = _time_reference(lambda: np.array([tl_checkpoint(sd) for sd in state_dicts]),
+                                                   lambda: tl_checkpoint(state_dicts[0]), _torch_threads)
     mine = np.stack([np.asarray(ours.restricted_loss[:n_ran]), np.asarray(ours.excluded_loss[:n_ran])], -1)
-    diff = float(np.max(np.abs(mine - theirs) / np.abs(theirs)))
+    diff = float(np.max(np.abs(mine - theirs) / np.abs(theirs)))  # theirs [n_ran, 2]
     return _row("progress", f"restricted + excluded loss of {n_checkpoints} checkpoints, p={task.p} "
                 f"({task.n_examples} inputs each; toymech computes every progress measure)",
-                first, steady, seconds, n_ran, n_checkpoints, {"max_rel_diff_loss": diff},
-                "TransformerLens load_state_dict + run_with_cache loop")
+                first, steady, "TransformerLens load_state_dict + run_with_cache loop", (seconds, threads), n_ran,
+                n_checkpoints, {"max_rel_diff_loss": diff})
 
 
 # --- main ----------------------------------------------------------------------
@@ -276,7 +307,7 @@ def _table(rows) -> str:
     for r in rows:
         ran = "" if r["reference_iterations_run"] == r["reference_iterations_total"] else \
             f" ({r['reference_iterations_run']}/{r['reference_iterations_total']} run, scaled)"
-        check = ", ".join(f"{k}={v:.2g}" for k, v in r["check"].items())
+        check = ", ".join(f"{k}={v:.2g}" for k, v in r["check"].items()) + f", ref threads {r['reference_threads']}"
         lines.append(f"{r['item']:9} {r['toymech_first_s']:13.3f}s {r['toymech_steady_s']:14.4f}s "
                      f"{r['reference_s']:10.2f}s {r['speedup_steady']:8.1f}x {r['speedup_incl_compile']:12.1f}x  "
                      f"{check}{ran}")
@@ -296,13 +327,14 @@ def main(argv):
     unknown = set(_ITEMS.value) - set(benches)
     if unknown:
         raise app.UsageError(f"unknown --items {sorted(unknown)}; choose from {sorted(benches)}")
+    load_at_start = os.getloadavg()
     rows = []
     for name in _ITEMS.value:
         print(f"running {name} ...", flush=True)
         rows.append(benches[name]())
     machine = dict(platform=platform.platform(), processor=platform.processor(), cpu_count=os.cpu_count(),
                    jax=jax.__version__, jax_backend=jax.default_backend(), torch=torch.__version__,
-                   torch_threads=torch.get_num_threads(), load_average=os.getloadavg())
+                   load_average_1_5_15min_at_start=load_at_start, load_average_1_5_15min_at_end=os.getloadavg())
     print(_table(rows))
     os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
     with open(_OUT.value, "w") as f:
