@@ -362,15 +362,17 @@ def _compiled_opt_init(structure: OptimizerConfig, steps_per_epoch: int, batched
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_chunk(loss_fn, eval_fn, opt: OptimizerConfig, plan: _Plan, batched: bool):
+def _compiled_chunk(loss_fn, eval_fn, opt: OptimizerConfig, plan: _Plan, mesh: Mesh | None):
     """Jitted `chunk(params, opt_state, seed, hp, data, eval_data, epochs, last_epoch, eval_every)`.
 
     Runs the epochs `epochs` (int [C]), evaluating after epochs e with (e+1) % eval_every
     == 0 or e == last_epoch, and returns (params, opt_state, train metrics
     {name: [C]}, eval metrics {name: [C]} (zeros on non-eval epochs), first
     non-finite step (-1: none)). `hp` holds the values of the `_traced_fields` of `opt`
-    (a `_structure`). With `batched`, everything but the data and the epochs has a
-    leading run axis. Cached, so repeated calls reuse the compilation.
+    (a `_structure`). With a `mesh` (batched runs), everything but the data and the
+    epochs has a leading run axis, sharded over the mesh's 'runs' axis, in and out
+    (fixed shardings, so a chunk's outputs feed the next without recompiling).
+    Cached, so repeated calls reuse the compilation.
     """
     call_loss = _loss_caller(loss_fn)
     B, spe = plan.batch_size, plan.steps_per_epoch
@@ -428,10 +430,12 @@ def _compiled_chunk(loss_fn, eval_fn, opt: OptimizerConfig, plan: _Plan, batched
             epoch_body, (params, opt_state, jnp.int32(-1)), epochs)
         return params, opt_state, train_m, eval_m, bad
 
-    fn = one_run
-    if batched:
-        fn = jax.vmap(one_run, in_axes=(0, 0, 0, 0, None, None, None, None, None))
-    return jax.jit(fn)
+    if mesh is None:
+        return jax.jit(one_run)
+    runs, shared = NamedSharding(mesh, PartitionSpec("runs")), NamedSharding(mesh, PartitionSpec())
+    return jax.jit(jax.vmap(one_run, in_axes=(0, 0, 0, 0, None, None, None, None, None)),
+                   in_shardings=(runs, runs, runs, runs, shared, shared, shared, shared, shared),
+                   out_shardings=runs)
 
 
 # ============================================================================ results
@@ -634,9 +638,11 @@ def _fit(loss_fn, init, train_data, optimizer, *, seeds, hparams, devices, batch
         if batched:
             params = put_runs(jax.tree.map(lambda x: jnp.broadcast_to(x, (len(seed_dev), *x.shape)), params))
         opt_state = _compiled_opt_init(structure, spe, batched)(params, hp_dev)
+    if batched:  # the chunk's input shardings, so that every chunk hits one compilation
+        params, opt_state = put_runs((params, opt_state))
     data_dev = put_shared(jax.tree.map(jnp.asarray, train_data))
     eval_dev = None if eval_data is None else put_shared(jax.tree.map(jnp.asarray, eval_data))
-    chunk_fn = _compiled_chunk(loss_fn, eval_fn, structure, plan, batched)
+    chunk_fn = _compiled_chunk(loss_fn, eval_fn, structure, plan, mesh if batched else None)
     run_chunk = lambda p, s, epochs: chunk_fn(p, s, seed_dev, hp_dev, data_dev, eval_dev, epochs,
                                               np.int32(num_epochs - 1), np.int32(eval_every))
     lead = (R,) if batched else ()
