@@ -177,6 +177,13 @@ def test_bad_configs_are_clear_errors():
         T.OptimizerConfig.from_dict({"lr": 1e-3, "wd": 1.0})
     opt = T.OptimizerConfig.from_dict({"name": "adamw", "betas": [0.9, 0.98], "frozen": ["b_"]})
     assert (opt.b1, opt.b2, opt.frozen) == (0.9, 0.98, ("b_",))
+    params = {"W": jnp.ones((2, 1)), "b": jnp.zeros(1)}
+    with pytest.raises(ValueError, match="same leading .*'y'.*3"):
+        T.train(regression, params, {"x": np.ones((4, 2)), "y": np.ones((3, 1))}, T.OptimizerConfig(),
+                num_epochs=1, progress=False)
+    with pytest.raises(ValueError, match="not used by this optimizer"):
+        T.train_many(regression, params, {"x": np.ones((4, 2)), "y": np.ones((4, 1))},
+                     T.OptimizerConfig(name="sgd"), seeds=[0, 1], hparams={"b1": [0.9, 0.8]}, num_epochs=1)
     with pytest.raises(ValueError, match="matches no parameter"):
         T.frozen_mask({"blocks_0": {"attn": {"b_Q": jnp.zeros(2)}}}, ["b_X"])
     mask = T.frozen_mask({"blocks_0": {"attn": {"b_Q": 0, "W_Q": 0}}, "unembed": {"b_U": 0}}, [r"blocks\.0\..*b_"])

@@ -575,9 +575,9 @@ def _fit(loss_fn, init, train_data, optimizer, *, seeds, hparams, devices, batch
     if not (isinstance(eval_every, int) and eval_every >= 1):
         raise ValueError(f"eval_every must be a positive int, got {eval_every!r}")
     n = _check_data(train_data, "train_data")
-    if eval_data is not None:
+    if eval_data is not None and eval_fn is None:  # evaluated by loss_fn: must be example-major
         _check_data(eval_data, "eval_data")
-    elif eval_fn is not None:
+    elif eval_fn is not None and eval_data is None:
         raise ValueError("eval_fn was given without eval_data")
     full_batch = batch_size is None or batch_size >= n and not drop_remainder
     if not full_batch and not (isinstance(batch_size, int) and 1 <= batch_size <= n):
@@ -593,7 +593,6 @@ def _fit(loss_fn, init, train_data, optimizer, *, seeds, hparams, devices, batch
         "snapshot_every": snapshot_every,
         "checkpoint_every": checkpoint_every if workdir is not None else None,
         "log_every": log_every if progress else None})
-
 
     # --- runs: seeds, hyper-parameters and initial state
     seeds_arr = np.asarray(seeds)
