@@ -222,9 +222,8 @@ def neuron_frequency_fractions(acts_grid: Array) -> Array:
     sq = sq.at[0, 0].set(0.0)
     freq = basis_frequencies(p)
     ks = np.arange(1, p // 2 + 1)[:, None]
-    on = (freq[None, :] == ks) | (freq[None, :] == 0)  # [n_freq, p]
-    mask = on[:, :, None] & on[:, None, :]  # [n_freq, p, p]
-    explained = jnp.einsum("fij,ijm->fm", jnp.asarray(mask, sq.dtype), sq)
+    on = jnp.asarray((freq[None, :] == ks) | (freq[None, :] == 0), sq.dtype)  # [n_freq, p]: {Constant, cos k, sin k}
+    explained = jnp.einsum("fi,fj,ijm->fm", on, on, sq)
     total = sq.sum(axis=(0, 1))  # [m]
     return explained / jnp.where(total > 0, total, 1.0)
 
@@ -308,39 +307,46 @@ class LogitPeriodicity(NamedTuple):
     residual_fraction: Array
 
 
-def _cos_cube_factors(p: int, n_out: int, freqs: np.ndarray,
-                      scale: int = 1) -> tuple[np.ndarray, ...]:
-    """Separable factors of cos(scale * w (a + b - c)) = C_ab C_c + S_ab S_c:
-    C_ab, S_ab [f, p, p] and C_c, S_c [f, n_out], float64."""
-    k = scale * freqs
-    tab = _phase(p, k[:, None, None], np.arange(p)[:, None] + np.arange(p)[None, :])
-    tc = _phase(p, k[:, None], np.arange(n_out)[None, :])
-    return np.cos(tab), np.sin(tab), np.cos(tc), np.sin(tc)
+def _trig_tables(p: int, n: int, freqs: np.ndarray, scale: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of scale * w_k * x for x in 0..n-1: [f, n] each, float64."""
+    t = _phase(p, scale * freqs[:, None], np.arange(n)[None, :])
+    return np.cos(t), np.sin(t)
 
 
-def _cube_inner(logits_grid: Array, factors) -> Array:
-    """<logits, cos cube> per frequency: [f]. The output axis is contracted
-    first, in one matmul for the cos and sin parts."""
-    cab, sab, cc, sc = factors
+def _cube_inner(logits_grid: Array, freqs: np.ndarray) -> Array:
+    """<logits, cos(w_k (a + b - c))> per frequency: [f].
+
+    cos(w(a+b-c)) expands into products of per-axis cosines and sines, so the
+    output axis is contracted in one matmul and a, b with [f, p] tables: no
+    [f, p, p] table is built (it would be a multi-megabyte constant in the
+    compiled program at p = 113).
+    """
     p, _, n_out = logits_grid.shape
-    f = cc.shape[0]
     dtype = logits_grid.dtype
-    per_ab = logits_grid.reshape(p * p, n_out) @ jnp.asarray(
-        np.concatenate([cc, sc]).T, dtype)  # [p*p, 2f]
-    both = jnp.sum(jnp.asarray(np.concatenate([cab, sab]).reshape(2 * f, -1).T,
-                               dtype) * per_ab, axis=0)  # [2f]
-    return both[:f] + both[f:]
+    f = len(freqs)
+    ca, sa = (jnp.asarray(t, dtype) for t in _trig_tables(p, p, freqs))  # [f, p]
+    cc, sc = _trig_tables(p, n_out, freqs)
+    per_ab = (logits_grid.reshape(p * p, n_out) @ jnp.asarray(np.concatenate([cc, sc]).T, dtype)).reshape(
+        p, p, 2 * f)  # [a, b, 2f]: sum_c L cos(wc), sum_c L sin(wc)
+    lc, ls = per_ab[..., :f], per_ab[..., f:]  # [a, b, f]
+    # cos(w(a+b)) = ca cb - sa sb and sin(w(a+b)) = sa cb + ca sb
+    b_cos = jnp.einsum("fb,abf->af", ca, lc), jnp.einsum("fb,abf->af", sa, lc)
+    b_sin = jnp.einsum("fb,abf->af", ca, ls), jnp.einsum("fb,abf->af", sa, ls)
+    return (jnp.einsum("fa,af->f", ca, b_cos[0]) - jnp.einsum("fa,af->f", sa, b_cos[1])
+            + jnp.einsum("fa,af->f", sa, b_sin[0]) + jnp.einsum("fa,af->f", ca, b_sin[1]))
 
 
 def _cube_norms(p: int, n_out: int, freqs: np.ndarray) -> np.ndarray:
     """Frobenius norms [f] of cos(w_k (a + b - c)) over a [p, p, n_out] grid.
 
     ||cos t||^2 = N/2 + (1/2) sum cos(2t), and the doubled-angle sum
-    separates: sum_ab cos(2w(a+b)) * sum_c cos(2wc) + (same with sin).
+    separates: sum_ab cos(2w(a+b)) * sum_c cos(2wc) + (same with sin), with
+    sum_ab cos(2w(a+b)) = (sum_a cos 2wa)^2 - (sum_a sin 2wa)^2 and
+    sum_ab sin(2w(a+b)) = 2 (sum_a sin 2wa)(sum_a cos 2wa).
     """
-    cab, sab, cc, sc = _cos_cube_factors(p, n_out, freqs, scale=2)
-    double = (cab.sum(axis=(1, 2)) * cc.sum(axis=1)
-              + sab.sum(axis=(1, 2)) * sc.sum(axis=1))
+    ca, sa = (t.sum(axis=1) for t in _trig_tables(p, p, freqs, scale=2))
+    cc, sc = (t.sum(axis=1) for t in _trig_tables(p, n_out, freqs, scale=2))
+    double = (ca ** 2 - sa ** 2) * cc + 2 * sa * ca * sc
     return np.sqrt(0.5 * p * p * n_out + 0.5 * double)
 
 
@@ -369,7 +375,7 @@ def logit_cos_coefficients(logits_grid: Array,
     p, _, n_out = logits_grid.shape
     freqs = _freq_array(np.arange(1, p // 2 + 1) if freqs is None else freqs,
                         "logit_cos_coefficients")
-    inner = _cube_inner(logits_grid, _cos_cube_factors(p, n_out, freqs))
+    inner = _cube_inner(logits_grid, freqs)
     return inner / jnp.asarray(_cube_norms(p, n_out, freqs), inner.dtype)
 
 
@@ -384,9 +390,12 @@ def logit_periodicity(logits_grid: Array,
     p, _, n_out = logits_grid.shape
     freqs = _freq_array(freqs, "logit_periodicity")
     coeffs = logit_cos_coefficients(logits_grid, freqs)
-    cab, sab, cc, sc = (jnp.asarray(t, logits_grid.dtype)
-                        for t in _cos_cube_factors(p, n_out, freqs))
-    w = coeffs / jnp.asarray(_cube_norms(p, n_out, freqs), coeffs.dtype)
+    dtype = logits_grid.dtype
+    ca, sa = (jnp.asarray(t, dtype) for t in _trig_tables(p, p, freqs))  # [f, p]
+    cc, sc = (jnp.asarray(t, dtype) for t in _trig_tables(p, n_out, freqs))  # [f, c]
+    cab = ca[:, :, None] * ca[:, None, :] - sa[:, :, None] * sa[:, None, :]  # cos(w(a+b)) [f, p, p]
+    sab = sa[:, :, None] * ca[:, None, :] + ca[:, :, None] * sa[:, None, :]  # sin(w(a+b))
+    w = coeffs / jnp.asarray(_cube_norms(p, n_out, freqs), dtype)
     approx = (jnp.einsum("f,fab,fc->abc", w, cab, cc)
               + jnp.einsum("f,fab,fc->abc", w, sab, sc))
     total = jnp.linalg.norm(logits_grid)
