@@ -326,14 +326,13 @@ def _cube_inner(logits_grid: Array, freqs: np.ndarray) -> Array:
     f = len(freqs)
     ca, sa = (jnp.asarray(t, dtype) for t in _trig_tables(p, p, freqs))  # [f, p]
     cc, sc = _trig_tables(p, n_out, freqs)
-    per_ab = (logits_grid.reshape(p * p, n_out) @ jnp.asarray(np.concatenate([cc, sc]).T, dtype)).reshape(
-        p, p, 2 * f)  # [a, b, 2f]: sum_c L cos(wc), sum_c L sin(wc)
-    lc, ls = per_ab[..., :f], per_ab[..., f:]  # [a, b, f]
-    # cos(w(a+b)) = ca cb - sa sb and sin(w(a+b)) = sa cb + ca sb
-    b_cos = jnp.einsum("fb,abf->af", ca, lc), jnp.einsum("fb,abf->af", sa, lc)
-    b_sin = jnp.einsum("fb,abf->af", ca, ls), jnp.einsum("fb,abf->af", sa, ls)
-    return (jnp.einsum("fa,af->f", ca, b_cos[0]) - jnp.einsum("fa,af->f", sa, b_cos[1])
-            + jnp.einsum("fa,af->f", sa, b_sin[0]) + jnp.einsum("fa,af->f", ca, b_sin[1]))
+    per_ab = jnp.einsum("kc,nc->kn", jnp.asarray(np.concatenate([cc, sc]), dtype),
+                        logits_grid.reshape(p * p, n_out)).reshape(2 * f, p, p)  # [2f, a, b]
+    lc, ls = per_ab[:f], per_ab[f:]  # sum_c L cos(wc), sum_c L sin(wc): [f, a, b]
+    # cos(w(a+b)) = ca cb - sa sb and sin(w(a+b)) = sa cb + ca sb; contract b, then a
+    lc_c, lc_s = jnp.einsum("fab,fb->fa", lc, ca), jnp.einsum("fab,fb->fa", lc, sa)
+    ls_c, ls_s = jnp.einsum("fab,fb->fa", ls, ca), jnp.einsum("fab,fb->fa", ls, sa)
+    return jnp.sum(ca * (lc_c + ls_s) + sa * (ls_c - lc_s), axis=1)
 
 
 def _cube_norms(p: int, n_out: int, freqs: np.ndarray) -> np.ndarray:
