@@ -240,9 +240,11 @@ def main(argv):
         study = STUDIES[name]
         B = study.batch_size or study.n_examples
         flops = 3 * forward_flops(study.cfg, B, study.n_input)
+        peak = matmul_gflops(_MATMUL_N.value)  # again, next to the timing: other load on the machine varies
         ours, extra = toymech_steps_per_s(study, steps[name])
         theirs = torch_steps_per_s(study, max(3, steps[name] // 10), _THREADS.value) if _TORCH.value else None
-        r = {"batch_size": B, "toymech_steps_per_s": ours, "transformer_lens_steps_per_s": theirs,
+        r = {"batch_size": B, "load_average_1min": os.getloadavg()[0], "matmul_gflops": peak,
+             "toymech_steps_per_s": ours, "transformer_lens_steps_per_s": theirs,
              "ratio": None if theirs is None else ours / theirs, "analytic_flops_per_step": flops,
              "toymech_gflops": flops * ours / 1e9, "fraction_of_matmul_peak": flops * ours / 1e9 / peak, **extra,
              "seed_steps_per_s": {}}
@@ -251,7 +253,7 @@ def main(argv):
         results["studies"][name] = r
         tl = "n/a" if theirs is None else f"{theirs:.1f}"
         ratio = "n/a" if theirs is None else f"{ours / theirs:.1f}x"
-        print(f"{name:9s} batch {B:5d}: toymech {ours:8.1f} steps/s | TransformerLens {tl} steps/s | {ratio} | "
+        print(f"{name:9s} batch {B:5d} (load {r['load_average_1min']:.1f}): toymech {ours:8.1f} steps/s | TransformerLens {tl} steps/s | {ratio} | "
               f"{r['toymech_gflops']:.1f} GFLOP/s = {r['fraction_of_matmul_peak']:.0%} of matmul | seeds "
               + ", ".join(f"{n}: {v:.1f}" for n, v in r["seed_steps_per_s"].items()) + " seed-steps/s")
     with open(_OUT.value, "w") as f:
