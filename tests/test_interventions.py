@@ -59,6 +59,9 @@ def test_project_out_removes_the_subspace_and_keeps_the_rest(run):
     q, _ = np.linalg.qr(directions.T)
     np.testing.assert_allclose(got, clean - clean @ q @ q.T, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got @ directions.T, 0.0, atol=1e-4)
+    dependent = np.concatenate([directions, directions[:1] - 3 * directions[1:]])  # rank 2, three rows
+    got_dependent, _, _ = edited(iv.project_out(SITE, dependent))
+    np.testing.assert_allclose(got_dependent, got, rtol=1e-4, atol=1e-5)
     single, _, _ = edited(iv.project_out(SITE, directions[0]))
     u = directions[0] / np.linalg.norm(directions[0])
     np.testing.assert_allclose(single, clean - np.outer(clean.reshape(-1, 8) @ u, u).reshape(clean.shape),

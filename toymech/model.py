@@ -35,7 +35,7 @@ from toymech import interventions as iv
 from toymech.config import ModelConfig
 from toymech.sites import check_sites, site_names
 
-_ACT_FNS = {
+ACT_FNS = {
     "relu": jax.nn.relu,
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
     "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
@@ -136,7 +136,7 @@ class MLP(nn.Module):
         W_in, b_in = _weight(self, "W_in", (c.d_model, c.d_mlp)), _bias(self, "b_in", (c.d_mlp,))
         W_out, b_out = _weight(self, "W_out", (c.d_mlp, c.d_model)), _bias(self, "b_out", (c.d_model,))
         pre = sites(f"{prefix}.hook_pre", jnp.einsum("bpd,dm->bpm", x, W_in) + b_in)  # [b, p, m]
-        post = sites(f"{prefix}.hook_post", _ACT_FNS[c.act_fn](pre))
+        post = sites(f"{prefix}.hook_post", ACT_FNS[c.act_fn](pre))
         return jnp.einsum("bpm,md->bpd", post, W_out) + b_out
 
 
@@ -277,8 +277,9 @@ def _resolve_capture(cfg: ModelConfig, capture) -> tuple[str, ...]:
     return capture
 
 
-def _check_inputs(cfg: ModelConfig, tokens, intervention, key_padding_mask, check_values: bool):
-    """Validates at the boundary: shapes always, token values when concrete."""
+def check_inputs(cfg: ModelConfig, tokens, intervention, key_padding_mask, check_values: bool):
+    """Validates a forward pass's inputs at the boundary: shapes and site names
+    always, token values when concrete and `check_values`. Raises ValueError."""
     if intervention is not None:
         if not isinstance(intervention, iv.Intervention):
             raise TypeError(f"intervention must be a toymech Intervention, got {type(intervention).__name__}")
@@ -319,13 +320,13 @@ def apply(cfg: ModelConfig, params: dict, tokens, *, intervention=None, capture=
     shapes) and may itself be used inside jit/vmap/grad; token values are
     only checked when they are concrete (use `apply_unchecked` to skip).
     """
-    _check_inputs(cfg, tokens, intervention, key_padding_mask, check_values=True)
+    check_inputs(cfg, tokens, intervention, key_padding_mask, check_values=True)
     return _forward_jit(cfg, params, tokens, intervention, _resolve_capture(cfg, capture), key_padding_mask)
 
 
 def apply_unchecked(cfg: ModelConfig, params: dict, tokens, *, intervention=None, capture=(), key_padding_mask=None):
     """`apply` without the token-value check, for hot loops over validated data."""
-    _check_inputs(cfg, tokens, intervention, key_padding_mask, check_values=False)
+    check_inputs(cfg, tokens, intervention, key_padding_mask, check_values=False)
     return _forward_jit(cfg, params, tokens, intervention, _resolve_capture(cfg, capture), key_padding_mask)
 
 
@@ -333,6 +334,6 @@ def apply_batched(cfg: ModelConfig, params: dict, tokens, intervention, *, captu
     """Runs the model once per intervention of a stacked batch, in one jitted,
     vmapped call: returns logits [n, batch, pos, d_vocab_out] and activations
     with the same leading axis n (see `toymech.interventions.stack`)."""
-    _check_inputs(cfg, tokens, intervention, key_padding_mask, check_values=True)
+    check_inputs(cfg, tokens, intervention, key_padding_mask, check_values=True)
     iv.batch_size(intervention)
     return _forward_batched(cfg, params, tokens, intervention, _resolve_capture(cfg, capture), key_padding_mask)

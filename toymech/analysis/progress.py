@@ -46,7 +46,7 @@ import numpy as np
 
 import toymech as tm
 from toymech.analysis import fourier
-from toymech.model import _ACT_FNS
+from toymech.model import ACT_FNS
 from toymech.tasks import grokking
 
 Array = jax.Array
@@ -227,7 +227,7 @@ def grid_forward(cfg: tm.ModelConfig, params, p: int) -> GridForward:
         return out
 
     pre = through(mlp["W_in"]) + mlp["b_in"]  # [a, b, m]
-    post = _ACT_FNS[cfg.act_fn](pre)
+    post = ACT_FNS[cfg.act_fn](pre)
     logits = (through(W_U) + post @ (mlp["W_out"] @ W_U) + mlp["b_out"] @ W_U + b_U)  # [a, b, v]
     n = p * p
     return GridForward(logits.reshape(n, -1), pre.reshape(n, -1), post.reshape(n, -1))

@@ -62,7 +62,7 @@ from flax import struct
 from toymech import interventions as iv
 from toymech.analysis.attribution import logit_diff
 from toymech.config import ModelConfig
-from toymech.model import _check_inputs, apply, apply_unchecked
+from toymech.model import check_inputs, apply, apply_unchecked
 from toymech.sites import AXES, check_sites, get_act_name, site_layout
 
 Array = jax.Array
@@ -240,7 +240,7 @@ def intervention_sweep(cfg: ModelConfig, params: dict, tokens, interventions: iv
     """metric(logits) for each intervention of a stacked batch
     (`interventions.stack`): [n, *metric shape], in one compiled call that
     returns only the metric values."""
-    _check_inputs(cfg, tokens, interventions, key_padding_mask, check_values=True)
+    check_inputs(cfg, tokens, interventions, key_padding_mask, check_values=True)
     iv.batch_size(interventions)
     return _run_interventions(cfg, params, jnp.asarray(tokens), key_padding_mask, _as_metric(metric),
                               interventions, chunk_size=_chunk(chunk_size, np.shape(tokens)))
@@ -299,7 +299,7 @@ def _layer_masks(n_sites: int, has_head: bool, n_heads: int, n_pos: int, by_pos:
 
 def _site_sweep(cfg, params, tokens, metric, site, kind, by_pos, source_tokens, key_padding_mask,
                 source_key_padding_mask, chunk_size, short_kind) -> SweepResult:
-    _check_inputs(cfg, tokens, None, key_padding_mask, check_values=True)
+    check_inputs(cfg, tokens, None, key_padding_mask, check_values=True)
     short, has_head, full = _swept_sites(cfg, site)
     tokens = jnp.asarray(tokens)
     site_masks, grid = _layer_masks(len(short), has_head, cfg.n_heads, tokens.shape[1], by_pos)
