@@ -2,12 +2,19 @@ r"""Reverse and increment (study 2): a 2-layer, d_model-4 decoder writes reverse
 
   python -m experiments.reverse --workdir=/tmp/reverse
 
-Expect: RUNTIME on a 2-core CPU (training + analyses + report). The notebook's run
-reached 100% holdout accuracy from epoch 19 to 40, and zeroing layer-0 MLP W_out,
-layer-1 MLP W_out or layer-0 attention W_O left 20.97%, 24.11% and 38.80%; the report
-(/tmp/reverse/report.html) sets this run's numbers beside them. A d_model-4 model is
-sensitive to its initialisation: another `--config.seed` may converge later or to
-less than 100%.
+Expect: RUNTIME on a 2-core CPU (training + analyses + report); the report is
+/tmp/reverse/report.html. With the default seed 4 the holdout accuracy is 100% from
+epoch 16 to 40 (the notebook: from epoch 19); zeroing layer-0 MLP W_out, layer-1 MLP
+W_out or layer-0 attention W_O leaves 28.0%, 18.9% and 83.5% (the notebook's model:
+20.97%, 24.11%, 38.80%; ours copies mostly with layer-1 attention, whose W_O zeroed
+leaves 34.5%).
+
+Seeds. A 4-dimensional residual stream does not find the whole algorithm from every
+initialisation. Of seeds 0..7 (the `seeds` variant) only seed 4 reached 100% within
+the 40 epochs (final holdout accuracy 89.5, 68.6, 59.5, 99.4, 100, 74.3, 89.1, 96.3%),
+and the notebook's recipe in PyTorch + TransformerLens ended at 90.8% and 71.8% for
+torch seeds 0 and 1: the notebook's 100% is one of the good initialisations. The
+default uses seed 4 so that the analyses look at a model that solves the task.
 
 Variants (`--config=configs/reverse.py:VARIANT`):
 
@@ -15,22 +22,24 @@ Variants (`--config=configs/reverse.py:VARIANT`):
              and the last 5,536 held out; AdamW lr 6e-3 (weight decay 0.01, PyTorch's
              default), batch 256, 40 epochs, lr x (epoch+1)/5 for 5 warmup epochs then
              x 0.65 (1 + cos(pi (epoch-5)/35)) per epoch, gradient norm clipped at 1.
-  quick      2,048 training sequences, 2 epochs, for tests: seconds.
+  seeds      the default plus seeds 0..7 trained at once (train_many, vmapped) and
+             compared; about SEEDS_RUNTIME more on a 2-core CPU.
+  quick      2 epochs, for tests: seconds.
 
-Model (both): 2 layers, d_model 4, 1 head of d_head 2, d_mlp 16, ReLU, LayerNorm,
+Model (all): 2 layers, d_model 4, 1 head of d_head 2, d_mlp 16, ReLU, LayerNorm,
 causal, n_ctx 17 (fed 16 tokens). Any field can be overridden, e.g.
 `--config.seed=1 --config.num_epochs=60 --config.optimizer.total=60`.
 """
 
 import ml_collections
 
-VARIANTS = ("default", "quick")
+VARIANTS = ("default", "seeds", "quick")
 
 
 def _base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.variant = "default"
-    c.seed = 0  # model init (toymech.init_params key) and batch order
+    c.seed = 4  # initial parameters (engine init key fold_in(key(seed), 0)) and batch order; see the docstring
     c.n_train = 60_000  # the first n_train of the 65,536 sequences train; the rest are held out
     c.model = ml_collections.ConfigDict(dict(n_layers=2, d_model=4, n_heads=1, d_head=2, d_mlp=16))
     c.optimizer = ml_collections.ConfigDict(dict(
@@ -42,6 +51,7 @@ def _base() -> ml_collections.ConfigDict:
     c.log_every = 5  # progress lines
     c.analysis = ml_collections.ConfigDict(dict(
         n_examples=2))  # holdout sequences shown one by one (attention, MLP-0 output), as the notebook
+    c.seed_sweep = ()  # seeds also trained at once (train_many) to show the spread; () = none
     return c
 
 
@@ -52,8 +62,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(f"unknown reverse variant {variant!r}; choose one of {VARIANTS}")
     c = _base()
     c.variant = variant
-    if variant == "quick":
-        c.n_train, c.num_epochs = 2048, 2
+    if variant == "seeds":
+        c.seed_sweep = tuple(range(8))
+    elif variant == "quick":
+        c.num_epochs = 2
         c.optimizer.update(warmup=1, total=2)
         c.checkpoint_every, c.log_every = 1, 1
     return c

@@ -18,10 +18,19 @@
    * layer-0 (and layer-1) attention from the output positions to the inputs, and
      how much of it falls on the mirrored input that the output copies;
    * layer-0 MLP outputs, and which embedding they point to;
-5. writes results.json, figures/*.png and report.html.
+5. optionally (`config.seed_sweep`, non-empty in the `seeds` variant) trains the
+   same recipe for several seeds at once (`toymech.train.train_many`, vmapped, in
+   workdir/seed_sweep) and reports each seed's holdout accuracy: a d_model-4 model
+   does not solve the task from every initialisation;
+6. writes results.json, figures/*.png and report.html.
 
-Model seed: `toymech.init_params(cfg, jax.random.key(seed))` (TransformerLens's
-init distribution, JAX's generator), so not the notebook's exact initial weights.
+Seed: `config.seed` seeds the initial parameters (`toymech.init_params` with the
+training engine's init key `fold_in(key(seed), 0)`; TransformerLens's init
+distribution, JAX's generator, so not the notebook's exact weights) and the batch
+order. Seed s of the seed sweep starts from the same parameters and sees the same
+batches as a main run with seed s; its vmapped kernels round differently, and Adam
+amplifies such differences in near-zero gradients, so the two runs track each other
+closely but not bit for bit.
 """
 
 from __future__ import annotations
@@ -88,22 +97,68 @@ class TrainedRun:
         return self.sequences[~self.is_train]
 
 
-def train_model(config, wd: experiment.Workdir) -> TrainedRun:
-    """Train (or resume, or reload a finished run) as the config says."""
+@functools.lru_cache(maxsize=None)
+def _task_functions(cfg: ModelConfig) -> tuple:
+    """(loss_fn, init, eval_fn) for `cfg`: one object each per config, so the training
+    engine's compilation caches (keyed by these functions) are hit again when a run is
+    resumed or repeated in the same process."""
+    return (functools.partial(rv.loss_fn, cfg), functools.partial(tm.init_params, cfg),
+            functools.partial(rv.split_metrics, cfg))
+
+
+def _fit(config, workdir: str, seeds: list[int], many: bool):
+    """(cfg, sequences, is_train, TrainResult) of `train.train` (one seed) or `train.train_many` (many=True)."""
     cfg = rv.model_config(**config.model.to_dict())
     sequences = rv.all_sequences()
     train_seqs, _ = rv.split(sequences, int(config.n_train))
     is_train = np.arange(len(sequences)) < len(train_seqs)
-    seed = int(config.seed)
+    loss_fn, init, eval_fn = _task_functions(cfg)
+    args = (loss_fn, init, train_seqs, config.optimizer.to_dict())
+    kwargs = dict(num_epochs=int(config.num_epochs), batch_size=int(config.batch_size),
+                  eval_data={"sequences": sequences, "is_train": is_train},
+                  eval_fn=eval_fn, eval_every=1, workdir=workdir,
+                  checkpoint_every=int(config.checkpoint_every), log_every=int(config.log_every))
+    if many:
+        return cfg, sequences, is_train, train.train_many(*args, seeds=seeds, **kwargs)
+    return cfg, sequences, is_train, train.train(*args, seed=seeds[0], **kwargs)
+
+
+def train_model(config, wd: experiment.Workdir) -> TrainedRun:
+    """Train (or resume, or reload a finished run) as the config says."""
     t0 = time.perf_counter()
-    result = train.train(
-        functools.partial(rv.loss_fn, cfg), tm.init_params(cfg, jax.random.key(seed)), train_seqs,
-        config.optimizer.to_dict(), num_epochs=int(config.num_epochs), batch_size=int(config.batch_size),
-        seed=seed, eval_data={"sequences": sequences, "is_train": is_train},
-        eval_fn=functools.partial(rv.split_metrics, cfg), eval_every=1, workdir=str(wd.path),
-        checkpoint_every=int(config.checkpoint_every), log_every=int(config.log_every))
+    cfg, sequences, is_train, result = _fit(config, str(wd.path), [int(config.seed)], many=False)
     return TrainedRun(config, cfg, sequences, is_train, result.params, result.train_history, result.eval_history,
                       time.perf_counter() - t0)
+
+
+def seed_sweep(config, wd: experiment.Workdir) -> dict | None:
+    """Holdout accuracy per epoch [n_seeds, epochs] for every seed of `config.seed_sweep`,
+    trained at once (vmapped) in workdir/seed_sweep; None when the sweep is empty."""
+    seeds = [int(s) for s in config.seed_sweep]
+    if not seeds:
+        return None
+    _, _, _, result = _fit(config, str(wd.path / "seed_sweep"), seeds, many=True)
+    return {"seeds": seeds, "epochs": result.eval_history["epoch"],
+            "holdout_accuracy": result.eval_history["holdout_accuracy"]}
+
+
+def seed_sweep_section(sweep: dict, run: TrainedRun, wd: experiment.Workdir, rep: Report) -> dict:
+    """Report section and numbers of a seed sweep (see `seed_sweep`)."""
+    epochs, acc = sweep["epochs"], np.asarray(sweep["holdout_accuracy"])  # [S, E]
+    first = [first_epoch_at_least(epochs, a, 1.0) for a in acc]
+    sec = rep.section("Seeds")
+    f = plots.curves(wd.figure_path("seed_sweep"), {f"seed {s}": (epochs, a) for s, a in zip(sweep["seeds"], acc)},
+                     title="Holdout accuracy of the same recipe from different seeds", xlabel="epoch",
+                     ylabel="holdout accuracy", highlight=(f"seed {int(run.config.seed)}",),
+                     vlines={"notebook: 100% from here": NOTEBOOK["first_epoch_holdout_accuracy_100"]})
+    sec.figure(wd.relative(f), f"The training recipe run from {len(acc)} seeds at once (train_many, vmapped): "
+               "the initialisation decides whether the 4-dimensional model finds the full algorithm.")
+    sec.table(["seed", "final holdout accuracy", "best holdout accuracy", "first epoch at 100%"],
+              [[s, float(a[-1]), float(a.max()), e] for s, a, e in zip(sweep["seeds"], acc, first)],
+              caption="Holdout accuracy per seed (the notebook's run: 100% from epoch 19)")
+    return {"seeds": sweep["seeds"], "holdout_accuracy": acc, "final_holdout_accuracy": acc[:, -1],
+            "first_epoch_holdout_accuracy_100": first,
+            "fraction_of_seeds_reaching_100": float(np.mean([e is not None for e in first]))}
 
 
 def metrics_rows(run: TrainedRun) -> list[dict]:
@@ -119,10 +174,14 @@ def metrics_rows(run: TrainedRun) -> list[dict]:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _position_accuracy(cfg: ModelConfig, params: dict, sequences: jax.Array) -> jax.Array:
-    """Accuracy at each output position [8] (y0..y7)."""
-    _, correct = rv.token_losses(rv.output_logits(cfg, params, sequences)[0], sequences)
-    return correct.mean(0)
+def _position_accuracy(cfg: ModelConfig, stacked_params: dict, sequences: jax.Array) -> jax.Array:
+    """Accuracy at each output position (y0..y7) of each parameter set stacked along
+    the leading axis of `stacked_params`: [n_sets, 8]."""
+    def one(params):
+        _, correct = rv.token_losses(rv.output_logits(cfg, params, sequences)[0], sequences)
+        return correct.mean(0)
+
+    return jax.vmap(one)(stacked_params)
 
 
 def weight_ablations(cfg: ModelConfig, params: dict, sequences: np.ndarray, names=ABLATIONS) -> np.ndarray:
@@ -131,8 +190,7 @@ def weight_ablations(cfg: ModelConfig, params: dict, sequences: np.ndarray, name
     parameter sets."""
     variants = [params] + [iv.zero_weights(params, name) for name in names]
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *variants)
-    run = jax.vmap(_position_accuracy, in_axes=(None, 0, None))
-    return np.asarray(run(cfg, stacked, jnp.asarray(sequences)))
+    return np.asarray(_position_accuracy(cfg, stacked, jnp.asarray(sequences)))
 
 
 CAPTURE = ("blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern", "blocks.0.hook_mlp_out")
@@ -347,6 +405,9 @@ def train_and_evaluate(config, workdir) -> dict:
     rep = Report(f"Reverse and increment ({config.variant} variant)", INTRO)
     training_section(run, summary, wd, rep)
     results["analysis"] = analyze(run, wd, rep)
+    sweep = seed_sweep(config, wd)
+    if sweep is not None:
+        results["seed_sweep"] = seed_sweep_section(sweep, run, wd, rep)
     results["notebook"] = NOTEBOOK
     config_section(config, rep)
     results["seconds_total_this_process"] = time.perf_counter() - t0

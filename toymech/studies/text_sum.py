@@ -121,6 +121,13 @@ def load_data(config, wd: experiment.Workdir) -> tuple[ts.Dataset, ts.Dataset, d
     return ts.make_dataset(*train_xyz, length=length), ts.make_dataset(*val_xyz, length=length), files
 
 
+@functools.lru_cache(maxsize=None)
+def _loss_fn(cfg: ModelConfig):
+    """The task loss for `cfg`, one object per config, so the training engine's
+    compilation cache (keyed by the function) is hit again in the same process."""
+    return functools.partial(ts.loss_fn, cfg)
+
+
 def train_model(config, wd: experiment.Workdir) -> TrainedRun:
     """Train (or resume, or reload a finished run) and pick the best validation epoch."""
     train_data, val_data, files = load_data(config, wd)
@@ -128,7 +135,7 @@ def train_model(config, wd: experiment.Workdir) -> TrainedRun:
     seed = int(config.seed)
     t0 = time.perf_counter()
     result = train.train(
-        functools.partial(ts.loss_fn, cfg), tm.init_params(cfg, jax.random.key(seed)), train_data.batch(),
+        _loss_fn(cfg), tm.init_params(cfg, jax.random.key(seed)), train_data.batch(),
         config.optimizer.to_dict(), num_epochs=int(config.num_epochs), batch_size=int(config.batch_size),
         seed=seed, eval_data=val_data.batch(), eval_every=1, snapshot_every=1, workdir=str(wd.path),
         checkpoint_every=int(config.checkpoint_every), log_every=int(config.log_every))

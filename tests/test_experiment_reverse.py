@@ -1,0 +1,127 @@
+"""End-to-end test of study 2 (experiments/reverse.py and its library function on the quick
+config); its analyses are checked against single forward passes and numpy."""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import toymech as tm
+from toymech import experiment
+from toymech.report import Report, check_report
+from toymech.studies import reverse as study
+from toymech.tasks import reverse as rv
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def get_config(variant):
+    spec = importlib.util.spec_from_file_location("reverse_config", REPO / "configs" / "reverse.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant)
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """One quick run, and the trained model reloaded from its workdir: (config, path, results, run)."""
+    config = get_config("quick")
+    path = tmp_path_factory.mktemp("reverse")
+    results = study.train_and_evaluate(config, path)
+    run = study.train_model(config, experiment.open_workdir(path, config))  # resumes: nothing left to train
+    return config, path, results, run
+
+
+def test_workdir_has_every_output(quick):
+    config, path, results, _ = quick
+    assert json.loads((path / "results.json").read_text()) == experiment.to_jsonable(results)
+    images = check_report(path / "report.html").images
+    assert set(images) == {f"figures/{p.name}" for p in (path / "figures").glob("*.png")} and len(images) >= 8
+    rows = experiment.read_metrics(experiment.Workdir(path))
+    assert [r["step"] for r in rows] == [1, 2]
+    # The notebook's LambdaLR per epoch: (epoch+1)/warmup, then 0.65 (1 + cos(pi (epoch-warmup)/(total-warmup))).
+    o = config.optimizer
+    expected = [o.lr * ((e + 1) / o.warmup if e < o.warmup else
+                        0.65 * (1 + math.cos(math.pi * (e - o.warmup) / (o.total - o.warmup)))) for e in range(2)]
+    np.testing.assert_allclose([r["lr"] for r in rows], expected, rtol=1e-6)
+    tr = results["training"]
+    assert (tr["n_train"], tr["n_holdout"]) == (60000, 5536)
+    assert tr["final_holdout_accuracy"] == pytest.approx(rows[-1]["holdout/accuracy"])
+    assert "seed_sweep" not in results  # the quick variant sweeps no seeds
+
+
+def test_weight_ablations_match_single_forward_passes(quick):
+    _, _, results, run = quick
+    ab = results["analysis"]["weight_ablations"]
+    holdout = run.holdout
+    targets = holdout[:, 9:]
+    for name, acc in zip(ab["names"], ab["holdout_accuracy"]):
+        flat = {k: np.asarray(v) for k, v in tm.flatten_params(run.params).items()}
+        if name != "none":
+            flat[name] = np.zeros_like(flat[name])
+        logits, _ = tm.apply(run.cfg, tm.unflatten_params(flat), holdout[:, :-1])
+        assert acc == pytest.approx(np.mean(np.asarray(logits)[:, 8:].argmax(-1) == targets), abs=1e-6)
+    assert results["training"]["final_holdout_accuracy"] == pytest.approx(ab["holdout_accuracy"][0], abs=1e-6)
+
+
+def test_attention_and_embedding_views_match_numpy(quick):
+    _, _, results, run = quick
+    holdout = run.holdout
+    a = results["analysis"]
+    _, acts = tm.apply(run.cfg, run.params, holdout[:, :-1],
+                       capture=("blocks.0.attn.hook_pattern", "blocks.1.hook_resid_post"))
+    pattern = np.asarray(acts["blocks.0.attn.hook_pattern"])[:, 0]  # [n, q, k]
+    mirror = np.stack([pattern[:, 8 + i, 8 - i] for i in range(8)], axis=1)  # y_i copies x_(7-i) at position 8-i
+    np.testing.assert_allclose(a["attention"]["layer_0"]["mirror_weight"][0], mirror.mean(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a["attention"]["layer_0"]["mean"][0], pattern[:, 8:16, 1:9].mean(0), rtol=1e-4, atol=1e-6)
+    final = np.asarray(acts["blocks.1.hook_resid_post"])[:, 8:]  # [n, 8, d]
+    W_E = np.asarray(run.params["embed"]["W_E"])[:4]
+    cos = (final / np.linalg.norm(final, axis=-1, keepdims=True)) @ (W_E / np.linalg.norm(W_E, axis=-1,
+                                                                                          keepdims=True)).T
+    cr = a["final_resid_cosine"]
+    assert cr["target"]["fraction"] == pytest.approx(np.mean(cos.argmax(-1) == holdout[:, 9:]), abs=1e-6)
+    np.testing.assert_allclose(cr["examples"], cos[:len(cr["examples"])], atol=1e-5)
+
+
+def test_rerun_resumes_and_the_binary_refuses_another_config(quick, capsys):
+    config, path, results, _ = quick
+    again = study.train_and_evaluate(config, path)  # finished run: reloaded, not retrained
+    assert "[train] epoch" not in capsys.readouterr().err
+    np.testing.assert_array_equal(again["analysis"]["weight_ablations"]["holdout_accuracy"], results["analysis"]["weight_ablations"][
+        "holdout_accuracy"])
+    proc = subprocess.run([sys.executable, "-m", "experiments.reverse", f"--workdir={path}",
+                           "--config=configs/reverse.py:quick", "--config.optimizer.lr=0.001"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "ConfigMismatchError" in proc.stderr and "optimizer.lr: 0.006 -> 0.001" in proc.stderr
+
+
+def test_seed_sweep_section(quick, tmp_path):
+    _, _, _, run = quick
+    epochs = np.arange(1, 6)
+    acc = np.array([[0.5, 0.9, 1.0, 1.0, 1.0], [0.4, 0.6, 0.7, 0.9, 0.99], [0.3, 1.0, 0.9, 1.0, 0.95]])
+    wd = experiment.Workdir(tmp_path)
+    rep = Report("sweep")
+    got = study.seed_sweep_section({"seeds": [3, 4, 5], "epochs": epochs, "holdout_accuracy": acc}, run, wd, rep)
+    assert got["first_epoch_holdout_accuracy_100"] == [3, None, 2]
+    assert got["fraction_of_seeds_reaching_100"] == pytest.approx(2 / 3)
+    np.testing.assert_array_equal(got["final_holdout_accuracy"], [1.0, 0.99, 0.95])
+    assert check_report(rep.write(wd.report_path)).images == ("figures/seed_sweep.png",)
+
+
+def test_config_variants():
+    default, quick = get_config("default"), get_config("quick")
+    assert get_config(None).to_dict() == default.to_dict()
+    assert (default.n_train, default.batch_size, default.num_epochs, default.seed_sweep) == (60000, 256, 40, ())
+    assert get_config("seeds").seed_sweep == tuple(range(8))
+    o = default.optimizer
+    assert (o.name, o.lr, o.weight_decay, o.clip_norm, o.warmup, o.total, o.peak) == (
+        "adamw", 6e-3, 0.01, 1.0, 5, 40, 1.3)
+    assert rv.model_config(**default.model.to_dict()) == rv.model_config()
+    assert quick.optimizer.total == quick.num_epochs
+    with pytest.raises(ValueError, match="unknown reverse variant"):
+        get_config("nope")
