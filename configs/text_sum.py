@@ -2,11 +2,15 @@ r"""Regression of a sum from text (study 1): an encoder reads "x + y = ?" and ou
 
   python -m experiments.text_sum --workdir=/tmp/text_sum
 
-Expect: RUNTIME on a 2-core CPU (training + probes + causal tests + report). The
-encoder (2 pre-LN layers, d_model 64) reaches a best validation MSE of about 4e-5 in
-scaled units (sum / 2000), well under the notebook's 0.0012; ridge probes read the sum
-from the pooled last-token state with R² ~0.99; removing the probe's "sum direction"
-raises the readout's and the model's own error. The report is /tmp/text_sum/report.html.
+Expect: about 1.5-2 minutes on a 2-core CPU (training + probes + causal tests +
+report); the report is /tmp/text_sum/report.html. Measured with seed 0: best
+validation MSE 8.1e-5 in scaled units (sum / 2000; RMSE 18 in sum units) at epoch 9,
+under the notebook's 0.0012; ridge probe R² for x + y 0.998 at the pooled last token
+(notebook 0.986) and 0.73-0.95 by position (notebook 0.76-0.92); the notebook's
+readout test 261 -> 1005 (notebook 2440 -> 9712; a random direction: 267); inside
+the forward pass the model's own MSE 324 -> 168,000 with the sum direction's
+component set to its mean at the last real token of the final residual stream
+(a random direction: 850).
 
 Variants (`--config=configs/text_sum.py:VARIANT`):
 

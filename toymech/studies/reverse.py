@@ -268,8 +268,13 @@ def training_section(run: TrainedRun, summary: dict, wd: experiment.Workdir, rep
                "after each epoch (as the notebook's evaluate_model).")
     f = plots.curves(wd.figure_path("learning_rate"), {"lr": (th["epoch"], th["lr"])}, title="Learning rate",
                      xlabel="epoch", ylabel="lr", markers=True)
-    sec.figure(wd.relative(f), "The learning rate of each epoch: 6e-3 x (epoch+1)/5 for 5 warmup epochs, then "
-               "6e-3 x 0.65 (1 + cos(pi (epoch-5)/35)) (the notebook's LambdaLR, peaking at 1.3 x 6e-3).")
+    o = run.config.optimizer
+    floor = f"{o.end:g} + " if o.end else ""
+    schedule = (f"{o.lr:g} x (epoch+1)/{o.warmup} for {o.warmup} warmup epochs, then {o.lr:g} x ({floor}"
+                f"{(o.peak - o.end) / 2:g} (1 + cos(pi (epoch-{o.warmup})/{o.total - o.warmup}))) (with the "
+                "default config the notebook's LambdaLR, peaking at 1.3 x 6e-3)"
+                if o.schedule == "warmup_cosine" and o.schedule_unit == "epoch" else f"the '{o.schedule}' schedule")
+    sec.figure(wd.relative(f), f"The learning rate of each epoch: {schedule}.")
     sec.key_values({
         "train / holdout sequences": f"{summary['n_train']} / {summary['n_holdout']}",
         "first epoch with 100% holdout accuracy (notebook 19)": summary["first_epoch_holdout_accuracy_100"],
