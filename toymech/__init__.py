@@ -20,6 +20,7 @@ from toymech.model import (
     apply_unchecked,
     flatten_params,
     init_params,
+    position_restricted_sites,
     unflatten_params,
 )
 from toymech.sites import get_act_name, site_names
@@ -36,6 +37,7 @@ __all__ = [
     "init_params",
     "interop",
     "interventions",
+    "position_restricted_sites",
     "site_names",
     "train",
     "unflatten_params",

@@ -18,6 +18,15 @@ nothing (under jit they are plain intermediate values), and the one expensive
 site, `attn.hook_result` ([batch, pos, head, d_model]), is only formed when it
 is captured or edited.
 
+Computing only what is read. `output_positions` restricts the last block's
+queries, attention output, MLP, final norm and unembedding to the positions
+whose logits a loss reads (keys and values still cover every position), so
+logits come back as [batch, k, d_vocab_out] and are exact there. And when the
+first block reads the raw embeddings (no LayerNorm, nothing edits them), its
+Q/K/V maps are applied to the rows of W_E and W_pos before the token gather
+(`_EmbeddingInput`), which is exact and much cheaper than projecting every
+token of a large batch.
+
 Einsum letters: b batch, p position (q query, k key position), d d_model,
 h head, e d_head, m d_mlp, v vocabulary.
 """
@@ -62,6 +71,57 @@ class _Sites:
         return x
 
 
+def _at_positions(x: jax.Array, positions) -> jax.Array:
+    """x [b, p, ...] at `positions` -> [b, k, ...].
+
+    `positions` is None (all), a tuple of non-negative ints (the same for every
+    row; a contiguous run is a slice) or an int array [b, k] (per row).
+    """
+    if positions is None:
+        return x
+    if isinstance(positions, tuple):
+        lo = positions[0]
+        if positions == tuple(range(lo, lo + len(positions))):
+            return x[:, lo: lo + len(positions)]
+        return x[:, np.asarray(positions)]
+    index = positions.reshape(positions.shape + (1,) * (x.ndim - 2))  # [b, k, 1...]
+    return jnp.take_along_axis(x, index, axis=1)
+
+
+def _query_index(positions, n_pos: int):
+    """Position of each query: int [1, p], [1, k] or [b, k]."""
+    if positions is None:
+        return jnp.arange(n_pos)[None]
+    if isinstance(positions, tuple):
+        return jnp.asarray(positions)[None]
+    return positions
+
+
+class _DenseInput:
+    """An attention input held as activations x [b, p, d]."""
+
+    def __init__(self, x: jax.Array):
+        self.x = x
+
+    def project(self, W, b, positions=None):  # W [h, d, e], b [h, e] -> [b, k, h, e]
+        return jnp.einsum("bpd,hde->bphe", _at_positions(self.x, positions), W) + b
+
+
+class _EmbeddingInput:
+    """The first block's input W_E[tokens] + W_pos, projected through the tables:
+    (W_E @ W)[tokens] + (W_pos @ W)[pos] equals (W_E[tokens] + W_pos) @ W, at
+    (d_vocab + p) rows of work instead of batch * p."""
+
+    def __init__(self, tokens: jax.Array, W_E: jax.Array, W_pos: jax.Array):
+        self.tokens, self.W_E, self.W_pos = tokens, W_E, W_pos  # [b, p], [v, d], [p, d]
+
+    def project(self, W, b, positions=None):  # -> [b, k, h, e]
+        table = jnp.einsum("vd,hde->vhe", self.W_E, W)  # [v, h, e]
+        pos = self.W_pos[np.asarray(positions)] if isinstance(positions, tuple) else (
+            self.W_pos if positions is None else self.W_pos[positions])  # [k, d] | [p, d] | [b, k, d]
+        return table[_at_positions(self.tokens, positions)] + jnp.einsum("...d,hde->...he", pos, W) + b
+
+
 def _weight(module: nn.Module, name: str, shape) -> jax.Array:
     init = nn.initializers.normal(stddev=module.cfg.init_range)
     return module.param(name, init, shape, jnp.dtype(module.cfg.dtype))
@@ -91,12 +151,17 @@ class LayerNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention with causal and/or key-padding masking."""
+    """Multi-head attention with causal and/or key-padding masking.
+
+    Queries (and everything after them) are computed at `positions` only (None:
+    all); keys and values at every position.
+    """
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, sites: _Sites, prefix: str, key_mask):  # x [b, p, d], key_mask [b, p] | None
+    def __call__(self, inp, sites: _Sites, prefix: str, key_mask, positions=None):
+        # inp: _DenseInput | _EmbeddingInput over [b, p]; key_mask [b, p] | None
         c = self.cfg
         qkv_shape, bias_shape = (c.n_heads, c.d_model, c.d_head), (c.n_heads, c.d_head)
         W_Q, W_K, W_V = (_weight(self, n, qkv_shape) for n in ("W_Q", "W_K", "W_V"))
@@ -104,14 +169,14 @@ class Attention(nn.Module):
         b_Q, b_K, b_V = (_bias(self, n, bias_shape) for n in ("b_Q", "b_K", "b_V"))
         b_O = _bias(self, "b_O", (c.d_model,))
 
-        q = sites(f"{prefix}.hook_q", jnp.einsum("bpd,hde->bphe", x, W_Q) + b_Q)  # [b, p, h, e]
-        k = sites(f"{prefix}.hook_k", jnp.einsum("bpd,hde->bphe", x, W_K) + b_K)
-        v = sites(f"{prefix}.hook_v", jnp.einsum("bpd,hde->bphe", x, W_V) + b_V)
+        q = sites(f"{prefix}.hook_q", inp.project(W_Q, b_Q, positions))  # [b, q, h, e]
+        k = sites(f"{prefix}.hook_k", inp.project(W_K, b_K))  # [b, k, h, e]
+        v = sites(f"{prefix}.hook_v", inp.project(W_V, b_V))
         scores = jnp.einsum("bqhe,bkhe->bhqk", q, k) / np.sqrt(c.d_head).astype(q.dtype)
-        n_pos = x.shape[1]
-        allowed = jnp.ones((1, 1, n_pos, n_pos), bool)  # [b, h, q, k]
+        n_pos = k.shape[1]
+        allowed = jnp.ones((1, 1, 1, n_pos), bool)  # [b, h, q, k]
         if c.attention_dir == "causal":
-            allowed = allowed & jnp.tril(jnp.ones((n_pos, n_pos), bool))
+            allowed = allowed & (jnp.arange(n_pos) <= _query_index(positions, n_pos)[..., None])[:, None]
         if key_mask is not None:
             allowed = allowed & key_mask[:, None, None, :]
         scores = sites(f"{prefix}.hook_attn_scores", jnp.where(allowed, scores, -jnp.inf))
@@ -141,18 +206,26 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: resid += attn(ln1(resid)); resid += mlp(ln2(resid))."""
+    """Pre-norm transformer block: resid += attn(ln1(resid)); resid += mlp(ln2(resid)).
+
+    With `positions`, everything after the keys and values is computed at those
+    positions only and the block returns [b, k, d]. `attn_input` replaces
+    ln1(resid) as the attention's input (the first block's `_EmbeddingInput`).
+    """
 
     cfg: ModelConfig
     layer: int
 
     @nn.compact
-    def __call__(self, resid, sites: _Sites, key_mask):  # resid [b, p, d]
+    def __call__(self, resid, sites: _Sites, key_mask, positions=None, attn_input=None):  # resid [b, p, d]
         c, b = self.cfg, f"blocks.{self.layer}"
         norm = (lambda name: LayerNorm(c, name=name)) if c.normalization_type else None
         resid = sites(f"{b}.hook_resid_pre", resid)
-        x = norm("ln1")(resid, sites, f"{b}.ln1") if norm else resid
-        attn_out = sites(f"{b}.hook_attn_out", Attention(c, name="attn")(x, sites, f"{b}.attn", key_mask))
+        if attn_input is None:
+            attn_input = _DenseInput(norm("ln1")(resid, sites, f"{b}.ln1") if norm else resid)
+        attn = Attention(c, name="attn")(attn_input, sites, f"{b}.attn", key_mask, positions)
+        attn_out = sites(f"{b}.hook_attn_out", attn)  # [b, q, d]
+        resid = _at_positions(resid, positions)
         if c.attn_only:
             return sites(f"{b}.hook_resid_post", resid + attn_out)
         resid = sites(f"{b}.hook_resid_mid", resid + attn_out)
@@ -162,23 +235,23 @@ class Block(nn.Module):
 
 
 class Embed(nn.Module):
-    """Token embedding W_E [d_vocab, d_model]."""
+    """Token embedding table W_E [d_vocab, d_model]."""
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens):  # tokens int [b, p]
-        return _weight(self, "W_E", (self.cfg.d_vocab, self.cfg.d_model))[tokens]  # [b, p, d]
+    def __call__(self):
+        return _weight(self, "W_E", (self.cfg.d_vocab, self.cfg.d_model))  # [v, d]
 
 
 class PosEmbed(nn.Module):
-    """Learned positional embedding W_pos [n_ctx, d_model]."""
+    """Learned positional embedding table W_pos [n_ctx, d_model]."""
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, n_pos: int):
-        return _weight(self, "W_pos", (self.cfg.n_ctx, self.cfg.d_model))[:n_pos]  # [p, d]
+    def __call__(self):
+        return _weight(self, "W_pos", (self.cfg.n_ctx, self.cfg.d_model))  # [n_ctx, d]
 
 
 class Unembed(nn.Module):
@@ -199,17 +272,30 @@ class Transformer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens, sites: _Sites, key_mask=None):  # tokens int [b, p]
+    def __call__(self, tokens, sites: _Sites, key_mask=None, positions=None):  # tokens int [b, p]
         c = self.cfg
-        embed = sites("hook_embed", Embed(c, name="embed")(tokens))  # [b, p, d]
-        pos = PosEmbed(c, name="pos_embed")(tokens.shape[1])
-        pos_embed = sites("hook_pos_embed", jnp.broadcast_to(pos, embed.shape))  # [b, p, d]
+        W_E = Embed(c, name="embed")()  # [v, d]
+        W_pos = PosEmbed(c, name="pos_embed")()[: tokens.shape[1]]  # [p, d]
+        embed = sites("hook_embed", W_E[tokens])  # [b, p, d]
+        pos_embed = sites("hook_pos_embed", jnp.broadcast_to(W_pos, embed.shape))  # [b, p, d]
         resid = embed + pos_embed
+        first = _EmbeddingInput(tokens, W_E, W_pos) if _project_tables(c, sites, tokens.shape) else None
         for layer in range(c.n_layers):
-            resid = Block(c, layer, name=f"blocks_{layer}")(resid, sites, key_mask)
+            last = layer == c.n_layers - 1
+            resid = Block(c, layer, name=f"blocks_{layer}")(
+                resid, sites, key_mask, positions if last else None, first if layer == 0 else None)
         if c.normalization_type:
             resid = LayerNorm(c, name="ln_final")(resid, sites, "ln_final")
-        return Unembed(c, name="unembed")(resid)  # [b, p, v]
+        return Unembed(c, name="unembed")(resid)  # [b, q, v]
+
+
+def _project_tables(cfg: ModelConfig, sites: _Sites, shape) -> bool:
+    """Whether the first block projects W_E and W_pos rows instead of tokens: it
+    reads the raw embeddings (no LayerNorm, no edit before it), and the tables are
+    much smaller than the batch's tokens."""
+    edited = {"hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre"} & set(sites.edits)
+    batch, n_pos = shape
+    return cfg.normalization_type is None and not edited and 2 * (cfg.d_vocab + n_pos) <= batch * n_pos
 
 
 # --- functional entry points -------------------------------------------------
@@ -252,19 +338,75 @@ def unflatten_params(flat: dict) -> dict:
     return params
 
 
-def _forward(cfg, params, tokens, intervention, capture, key_padding_mask):
+def _forward(cfg, params, tokens, intervention, capture, key_padding_mask, fixed_positions=None, row_positions=None):
     sites = _Sites(intervention, capture)
-    logits = Transformer(cfg).apply({"params": params}, tokens, sites, key_padding_mask)
+    positions = fixed_positions if row_positions is None else row_positions
+    logits = Transformer(cfg).apply({"params": params}, tokens, sites, key_padding_mask, positions)
     return logits, sites.captured
 
 
-_forward_jit = jax.jit(_forward, static_argnums=(0, 4))
+_forward_jit = jax.jit(_forward, static_argnums=(0, 4, 6))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _forward_batched(cfg, params, tokens, intervention, capture, key_padding_mask):
-    run = lambda one: _forward(cfg, params, tokens, one, capture, key_padding_mask)
+@functools.partial(jax.jit, static_argnums=(0, 4, 6))
+def _forward_batched(cfg, params, tokens, intervention, capture, key_padding_mask, fixed_positions, row_positions):
+    run = lambda one: _forward(cfg, params, tokens, one, capture, key_padding_mask, fixed_positions, row_positions)
     return jax.vmap(run)(intervention)
+
+
+def position_restricted_sites(cfg: ModelConfig) -> tuple[str, ...]:
+    """The sites that `output_positions` computes at the output positions only:
+    the last block's queries and everything after them (its keys, values and
+    input stay whole)."""
+    b = f"blocks.{cfg.n_layers - 1}"
+    whole = {f"{b}.hook_resid_pre", f"{b}.ln1.hook_scale", f"{b}.ln1.hook_normalized", f"{b}.attn.hook_k",
+             f"{b}.attn.hook_v"}
+    return tuple(n for n in site_names(cfg) if (n.startswith(f"{b}.") or n.startswith("ln_final.")) and n not in whole)
+
+
+def _resolve_positions(cfg: ModelConfig, output_positions, shape, sites_used) -> tuple:
+    """(fixed_positions, row_positions) for `_forward` from a user's `output_positions`.
+
+    An int or a sequence of ints (numpy semantics: negative counts from the end)
+    becomes a static tuple; an int array [batch, k] stays an array (its values are
+    range-checked when concrete). Raises ValueError for out-of-range positions, a
+    bad shape, or a captured or edited site that is only computed at those positions.
+    """
+    if output_positions is None:
+        return None, None
+    batch, n_pos = shape
+    restricted = sorted(set(sites_used) & set(position_restricted_sites(cfg)))
+    if restricted:
+        raise ValueError(
+            f"with output_positions, the sites {restricted} are computed at the output positions only; "
+            "capture or edit them without output_positions")
+    if isinstance(output_positions, jax.Array) or (isinstance(output_positions, np.ndarray) and output_positions.ndim == 2):
+        if np.ndim(output_positions) != 2 or np.shape(output_positions)[0] != batch:
+            raise ValueError(f"output_positions as an array must be int [batch={batch}, k], "
+                             f"got shape {np.shape(output_positions)}")
+        if not jnp.issubdtype(jnp.result_type(output_positions), jnp.integer):
+            raise ValueError(f"output_positions must be integers, got dtype {jnp.result_type(output_positions)}")
+        if not isinstance(output_positions, jax.core.Tracer):
+            values = np.asarray(output_positions)
+            bad = (values < 0) | (values >= n_pos)
+            if bad.any():
+                b, k = np.argwhere(bad)[0]
+                raise ValueError(f"output_positions[{b}, {k}] = {values[b, k]} is outside the sequence's "
+                                 f"positions [0, {n_pos}) (per-row positions must be non-negative)")
+        return None, jnp.asarray(output_positions)
+    items = [output_positions] if np.ndim(output_positions) == 0 else (
+        list(output_positions) if isinstance(output_positions, (list, tuple)) else np.ravel(output_positions).tolist())
+    if not items:
+        raise ValueError("output_positions is empty; give at least one position, or None for all")
+    fixed = []
+    for p in items:
+        if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, np.integer)):
+            raise ValueError(f"output_positions must be ints, got {p!r}")
+        if not -n_pos <= p < n_pos:
+            raise ValueError(f"output position {int(p)} is out of range for a sequence of {n_pos} positions "
+                             f"(valid: -{n_pos}..{n_pos - 1})")
+        fixed.append(int(p) % n_pos)
+    return tuple(fixed), None
 
 
 def _resolve_capture(cfg: ModelConfig, capture) -> tuple[str, ...]:
@@ -306,7 +448,12 @@ def check_inputs(cfg: ModelConfig, tokens, intervention, key_padding_mask, check
             )
 
 
-def apply(cfg: ModelConfig, params: dict, tokens, *, intervention=None, capture=(), key_padding_mask=None):
+def _used_sites(intervention, capture) -> tuple[str, ...]:
+    return tuple(capture) + (tuple(intervention.sites) if isinstance(intervention, iv.Intervention) else ())
+
+
+def apply(cfg: ModelConfig, params: dict, tokens, *, intervention=None, capture=(), key_padding_mask=None,
+          output_positions=None):
     """Runs the model: returns (logits [batch, pos, d_vocab_out], {site: activation}).
 
     Args:
@@ -316,24 +463,41 @@ def apply(cfg: ModelConfig, params: dict, tokens, *, intervention=None, capture=
       capture: site names to return (see `toymech.site_names(cfg)`), or "all".
       key_padding_mask: bool [batch, pos], True for real tokens; padded keys
         get zero attention (in causal and bidirectional models).
-    The call is jitted (compiled once per config, capture set and input
-    shapes) and may itself be used inside jit/vmap/grad; token values are
-    only checked when they are concrete (use `apply_unchecked` to skip).
+      output_positions: compute logits only at these positions (exact there):
+        an int or a sequence of ints (negative counts from the end), the same
+        for every row, or an int array [batch, k] of per-row positions (e.g. each
+        row's last real token). Logits are then [batch, k, d_vocab_out]. The
+        last block's queries and everything after them are computed at those
+        positions only, so their sites (`position_restricted_sites(cfg)`) cannot
+        be captured or edited in the same call. None: every position.
+    The call is jitted (compiled once per config, capture set, fixed output
+    positions and input shapes) and may itself be used inside jit/vmap/grad;
+    token values are only checked when they are concrete (use `apply_unchecked`
+    to skip).
     """
     check_inputs(cfg, tokens, intervention, key_padding_mask, check_values=True)
-    return _forward_jit(cfg, params, tokens, intervention, _resolve_capture(cfg, capture), key_padding_mask)
+    capture = _resolve_capture(cfg, capture)
+    positions = _resolve_positions(cfg, output_positions, np.shape(tokens), _used_sites(intervention, capture))
+    return _forward_jit(cfg, params, tokens, intervention, capture, key_padding_mask, *positions)
 
 
-def apply_unchecked(cfg: ModelConfig, params: dict, tokens, *, intervention=None, capture=(), key_padding_mask=None):
+def apply_unchecked(cfg: ModelConfig, params: dict, tokens, *, intervention=None, capture=(), key_padding_mask=None,
+                    output_positions=None):
     """`apply` without the token-value check, for hot loops over validated data."""
     check_inputs(cfg, tokens, intervention, key_padding_mask, check_values=False)
-    return _forward_jit(cfg, params, tokens, intervention, _resolve_capture(cfg, capture), key_padding_mask)
+    capture = _resolve_capture(cfg, capture)
+    positions = _resolve_positions(cfg, output_positions, np.shape(tokens), _used_sites(intervention, capture))
+    return _forward_jit(cfg, params, tokens, intervention, capture, key_padding_mask, *positions)
 
 
-def apply_batched(cfg: ModelConfig, params: dict, tokens, intervention, *, capture=(), key_padding_mask=None):
+def apply_batched(cfg: ModelConfig, params: dict, tokens, intervention, *, capture=(), key_padding_mask=None,
+                  output_positions=None):
     """Runs the model once per intervention of a stacked batch, in one jitted,
-    vmapped call: returns logits [n, batch, pos, d_vocab_out] and activations
-    with the same leading axis n (see `toymech.interventions.stack`)."""
+    vmapped call: returns logits [n, batch, pos, d_vocab_out] (pos: the
+    `output_positions` when given, as in `apply`) and activations with the same
+    leading axis n (see `toymech.interventions.stack`)."""
     check_inputs(cfg, tokens, intervention, key_padding_mask, check_values=True)
     iv.batch_size(intervention)
-    return _forward_batched(cfg, params, tokens, intervention, _resolve_capture(cfg, capture), key_padding_mask)
+    capture = _resolve_capture(cfg, capture)
+    positions = _resolve_positions(cfg, output_positions, np.shape(tokens), _used_sites(intervention, capture))
+    return _forward_batched(cfg, params, tokens, intervention, capture, key_padding_mask, *positions)
