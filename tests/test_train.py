@@ -13,6 +13,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import toymech as tm
@@ -85,7 +86,7 @@ def test_optimizers_match_torch(kw):
     for _ in range(6):
         grads = jax.grad(lambda p: regression(p, {"x": x, "y": y})[0])(params)
         updates, state = tx.update(grads, state, params)
-        params = T.apply_updates(params, updates)
+        params = optax.apply_updates(params, updates)
 
     tw, tb = torch.tensor(w0, requires_grad=True), torch.tensor(b0, requires_grad=True)
     common = dict(lr=0.05, weight_decay=opt.weight_decay)
@@ -156,7 +157,7 @@ def test_custom_schedule_and_step_clock_drive_the_update():
     state = tx.init(w)
     for _ in range(5):
         updates, state = tx.update(jnp.asarray(g), state, w)
-        w = T.apply_updates(w, updates)
+        w = optax.apply_updates(w, updates)
     np.testing.assert_allclose(w, -g * sum(0.5 * mult(t) for t in range(5)), rtol=1e-6)
 
 
@@ -201,6 +202,25 @@ def test_frozen_parameters_stay_bit_identical():
     for name in flat0:
         same = np.array_equal(flat0[name], flat1[name])
         assert same == ("b_" in name), name
+
+
+def test_frozen_parameters_get_no_gradient_and_no_optimizer_state():
+    params0 = {"W": jnp.ones((2, 1)), "b": jnp.ones(1)}
+
+    def loss(params, batch):  # the gradient at the frozen b would be NaN: sqrt'(0) * 0
+        pred = batch["x"] @ params["W"] + jnp.sqrt(params["b"] - 1.0)
+        return jnp.mean((pred - batch["y"]) ** 2), {}
+
+    data = {"x": np.ones((4, 2), np.float32), "y": np.zeros((4, 1), np.float32)}
+    opt = T.OptimizerConfig(name="adamw", weight_decay=0.5, frozen=("^b$",))
+    r = T.train(loss, params0, data, opt, num_epochs=3, progress=False)
+    assert np.isfinite(r.params["W"]).all() and not np.array_equal(r.params["W"], params0["W"])
+    np.testing.assert_array_equal(r.params["b"], params0["b"])
+    state_paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(r.opt_state)[0]]
+    assert any("'W'" in p for p in state_paths) and not any("'b'" in p for p in state_paths), state_paths
+    trainable, frozen = T.partition_frozen(params0, T.frozen_mask(params0, opt.frozen))
+    assert jax.tree.leaves(trainable) == [params0["W"]] and jax.tree.leaves(frozen) == [params0["b"]]
+    assert T.combine_frozen(trainable, frozen) == params0
 
 
 def visit_loss(params, batch):

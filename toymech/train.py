@@ -109,8 +109,10 @@ class OptimizerConfig:
       'custom'        m = multiplier_fn(c) (a jnp-traceable function of the clock)
 
     `frozen`: regular expressions searched in the flat TransformerLens parameter
-    names (`toymech.flatten_params`, e.g. 'blocks.0.attn.b_Q'); matching leaves get
-    no update, no decay and no optimizer state and stay bit-identical (the grokking
+    names (`toymech.flatten_params`, e.g. 'blocks.0.attn.b_Q'); matching leaves are
+    not differentiated and get no update, no decay and no optimizer state: the
+    engine splits params with `partition_frozen`, differentiates and optimises the
+    trainable part only, and the frozen leaves stay bit-identical (the grokking
     model freezes all biases with `frozen=('b_',)`).
     """
 
@@ -241,6 +243,21 @@ def frozen_mask(params, patterns: Sequence[str]):
     return jax.tree.unflatten(jax.tree.structure(params), flags)
 
 
+def partition_frozen(params, mask):
+    """(trainable, frozen): two trees shaped like `params`, each holding the leaves
+    where `mask` (from `frozen_mask`) is False / True and None elsewhere. optax and
+    `jax.grad` treat the None places as absent, so the trainable tree is what gets
+    differentiated and optimised."""
+    trainable = jax.tree.map(lambda p, f: None if f else p, params, mask)
+    frozen = jax.tree.map(lambda p, f: p if f else None, params, mask)
+    return trainable, frozen
+
+
+def combine_frozen(trainable, frozen):
+    """Inverse of `partition_frozen`: one params tree from its two parts."""
+    return jax.tree.map(lambda t, f: f if t is None else t, trainable, frozen, is_leaf=lambda x: x is None)
+
+
 def make_optimizer(opt, steps_per_epoch: int = 1, hparams: Mapping[str, Any] | None = None
                    ) -> optax.GradientTransformation:
     """The optax transformation for `opt` (an OptimizerConfig, dict or ConfigDict).
@@ -251,8 +268,9 @@ def make_optimizer(opt, steps_per_epoch: int = 1, hparams: Mapping[str, Any] | N
         hparams: overrides for the numeric fields in SWEEPABLE, possibly traced
             (this is how `train_many` varies them per run). A weight decay or momentum
             term is included when the config's value is nonzero or it is overridden.
-    Apply the updates with `apply_updates(params, updates, frozen_mask(...))` so frozen
-    leaves stay bit-identical.
+    It acts on the parameters it is given: with `opt.frozen`, give it the trainable
+    part from `partition_frozen(params, frozen_mask(params, opt.frozen))`, as the
+    engine does, so frozen leaves get no update, decay or state.
     """
     opt = as_optimizer_config(opt)
     hparams = dict(hparams or {})
@@ -272,18 +290,12 @@ def make_optimizer(opt, steps_per_epoch: int = 1, hparams: Mapping[str, Any] | N
         momentum = optax.trace(h["momentum"]) if (opt.momentum or "momentum" in hparams) else None
         parts += [decay, momentum]
     parts.append(optax.scale_by_learning_rate(learning_rate_fn(opt, steps_per_epoch, h["lr"])))
-    tx = optax.chain(*[p for p in parts if p is not None])
-    if opt.frozen:
-        labels = lambda params: jax.tree.map(lambda f: "frozen" if f else "train", frozen_mask(params, opt.frozen))
-        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
-    return tx
+    return optax.chain(*[p for p in parts if p is not None])
 
 
-def apply_updates(params, updates, mask=None):
-    """params + updates, leaving leaves where `mask` is True untouched (the same array)."""
-    if mask is None:
-        return optax.apply_updates(params, updates)
-    return jax.tree.map(lambda p, u, frozen: p if frozen else (p + u).astype(p.dtype), params, updates, mask)
+def trainable_part(params, opt: OptimizerConfig):
+    """The part of `params` that `opt` trains: all of it, or the non-frozen leaves."""
+    return partition_frozen(params, frozen_mask(params, opt.frozen))[0] if opt.frozen else params
 
 
 # ============================================================================ the compiled chunk
@@ -349,7 +361,7 @@ def _compiled_init(init, structure: OptimizerConfig, steps_per_epoch: int, batch
     """Jitted `(seed, hp) -> (params, opt_state)`, params = init(fold_in(key(seed), 0))."""
     def one_run(seed, hp):
         params = init(jax.random.fold_in(jax.random.key(seed), 0))
-        return params, make_optimizer(structure, steps_per_epoch, hp).init(params)
+        return params, make_optimizer(structure, steps_per_epoch, hp).init(trainable_part(params, structure))
 
     return jax.jit(jax.vmap(one_run) if batched else one_run)
 
@@ -357,7 +369,7 @@ def _compiled_init(init, structure: OptimizerConfig, steps_per_epoch: int, batch
 @functools.lru_cache(maxsize=64)
 def _compiled_opt_init(structure: OptimizerConfig, steps_per_epoch: int, batched: bool):
     """Jitted `(params, hp) -> opt_state`."""
-    one_run = lambda params, hp: make_optimizer(structure, steps_per_epoch, hp).init(params)
+    one_run = lambda params, hp: make_optimizer(structure, steps_per_epoch, hp).init(trainable_part(params, structure))
     return jax.jit(jax.vmap(one_run) if batched else one_run)
 
 
@@ -380,18 +392,24 @@ def _compiled_chunk(loss_fn, eval_fn, opt: OptimizerConfig, plan: _Plan, mesh: M
     def one_run(params, opt_state, seed, hp, data, eval_data, epochs, last_epoch, eval_every):
         tx = make_optimizer(opt, spe, hp)
         lr_fn = learning_rate_fn(opt, spe, hp["lr"])
-        mask = frozen_mask(params, opt.frozen) if opt.frozen else None
+        if opt.frozen:  # differentiate and optimise the trainable leaves only
+            mask = frozen_mask(params, opt.frozen)
+            split, combine = (lambda p: partition_frozen(p, mask)), combine_frozen
+        else:
+            split, combine = (lambda p: (p, None)), (lambda t, _: t)
         root = jax.random.key(seed)
         data_key, step_key, eval_key = (jax.random.fold_in(root, i) for i in (1, 2, 3))
 
         def step(carry, xs):
             params, opt_state, bad = carry
             batch, gstep = xs
-            (loss, metrics), grads = jax.value_and_grad(call_loss, has_aux=True)(
-                params, batch, jax.random.fold_in(step_key, gstep))
+            trainable, frozen = split(params)
+            key = jax.random.fold_in(step_key, gstep)
+            (loss, metrics), grads = jax.value_and_grad(
+                lambda t: call_loss(combine(t, frozen), batch, key), has_aux=True)(trainable)
             _check_metrics(metrics, "loss_fn")
-            updates, opt_state = tx.update(grads, opt_state, params)
-            params = apply_updates(params, updates, mask)
+            updates, opt_state = tx.update(grads, opt_state, trainable)
+            params = combine(optax.apply_updates(trainable, updates), frozen)
             bad = jnp.where((bad < 0) & ~jnp.isfinite(loss), gstep, bad)
             return (params, opt_state, bad), {"loss": loss, **metrics}
 
