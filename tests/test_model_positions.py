@@ -149,3 +149,13 @@ def test_embedding_tables_path_matches_transformer_lens():
     np.testing.assert_allclose(logits, expected, rtol=2e-4, atol=2e-5)
     last, _ = tm.apply(cfg, ref.params_from_tl(model), tokens, output_positions=-1)
     np.testing.assert_allclose(last, expected[:, -1:], rtol=2e-4, atol=2e-5)
+
+
+def test_output_positions_for_falls_back_when_a_restricted_site_is_used():
+    cfg = CONFIGS["ln_causal_mlp"]
+    assert tm.output_positions_for(cfg, (3, 4)) == (3, 4)
+    assert tm.output_positions_for(cfg, (3, 4), capture=("blocks.1.attn.hook_k",)) == (3, 4)
+    assert tm.output_positions_for(cfg, (3, 4), capture="all") is None
+    assert tm.output_positions_for(cfg, (3, 4), intervention=iv.zero("ln_final.hook_normalized")) is None
+    with pytest.raises(ValueError, match="unknown capture"):
+        tm.output_positions_for(cfg, (3,), capture=("blocks.9.hook_resid_post",))

@@ -20,6 +20,7 @@ from toymech.model import (
     apply_unchecked,
     flatten_params,
     init_params,
+    output_positions_for,
     position_restricted_sites,
     unflatten_params,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "init_params",
     "interop",
     "interventions",
+    "output_positions_for",
     "position_restricted_sites",
     "site_names",
     "train",

@@ -97,6 +97,16 @@ def _query_index(positions, n_pos: int):
     return positions
 
 
+def _attention_scores(q, k):  # q [b, q, h, e], k [b, k, h, e] -> [b, h, q, k]
+    # Heads-first operands: XLA:CPU runs these small batched matmuls 2-3x faster
+    # than with the head axis in the middle (measured on the studies' shapes).
+    return jnp.einsum("bhqe,bhke->bhqk", q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3))
+
+
+def _mix_values(pattern, v):  # pattern [b, h, q, k], v [b, k, h, e] -> [b, q, h, e]
+    return jnp.einsum("bhqk,bhke->bqhe", pattern, v.transpose(0, 2, 1, 3))
+
+
 class _DenseInput:
     """An attention input held as activations x [b, p, d]."""
 
@@ -172,7 +182,7 @@ class Attention(nn.Module):
         q = sites(f"{prefix}.hook_q", inp.project(W_Q, b_Q, positions))  # [b, q, h, e]
         k = sites(f"{prefix}.hook_k", inp.project(W_K, b_K))  # [b, k, h, e]
         v = sites(f"{prefix}.hook_v", inp.project(W_V, b_V))
-        scores = jnp.einsum("bqhe,bkhe->bhqk", q, k) / np.sqrt(c.d_head).astype(q.dtype)
+        scores = _attention_scores(q, k) / np.sqrt(c.d_head).astype(q.dtype)  # [b, h, q, k]
         n_pos = k.shape[1]
         allowed = jnp.ones((1, 1, 1, n_pos), bool)  # [b, h, q, k]
         if c.attention_dir == "causal":
@@ -183,7 +193,7 @@ class Attention(nn.Module):
         pattern = jax.nn.softmax(scores, axis=-1)
         pattern = jnp.where(jnp.isnan(pattern), 0.0, pattern)  # rows with no allowed key -> 0
         pattern = sites(f"{prefix}.hook_pattern", pattern)  # [b, h, q, k]
-        z = sites(f"{prefix}.hook_z", jnp.einsum("bhqk,bkhe->bqhe", pattern, v))  # [b, q, h, e]
+        z = sites(f"{prefix}.hook_z", _mix_values(pattern, v))  # [b, q, h, e]
         if sites.wanted(f"{prefix}.hook_result"):
             result = sites(f"{prefix}.hook_result", jnp.einsum("bqhe,hed->bqhd", z, W_O))
             return result.sum(axis=2) + b_O  # [b, q, d]
@@ -362,6 +372,15 @@ def position_restricted_sites(cfg: ModelConfig) -> tuple[str, ...]:
     whole = {f"{b}.hook_resid_pre", f"{b}.ln1.hook_scale", f"{b}.ln1.hook_normalized", f"{b}.attn.hook_k",
              f"{b}.attn.hook_v"}
     return tuple(n for n in site_names(cfg) if (n.startswith(f"{b}.") or n.startswith("ln_final.")) and n not in whole)
+
+
+def output_positions_for(cfg: ModelConfig, positions, *, capture=(), intervention=None):
+    """`positions` if a forward pass with this capture and intervention can use them
+    as `output_positions`, else None (it captures or edits a site that would be
+    computed at those positions only). For task code that reads a few positions and
+    sometimes captures everything."""
+    used = _used_sites(intervention, _resolve_capture(cfg, capture))
+    return None if set(used) & set(position_restricted_sites(cfg)) else positions
 
 
 def _resolve_positions(cfg: ModelConfig, output_positions, shape, sites_used) -> tuple:

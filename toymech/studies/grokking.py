@@ -67,7 +67,7 @@ def task_from_config(config) -> gk.AdditionTask:
 
 def _loss_fn(cfg: ModelConfig, params, batch):
     """(mean cross-entropy at '=', {'accuracy'}) on a batch {'tokens', 'labels'}."""
-    logits, _ = tm.apply_unchecked(cfg, params, batch["tokens"])
+    logits, _ = tm.apply_unchecked(cfg, params, batch["tokens"], output_positions=-1)  # [b, 1, v]
     return gk.cross_entropy(logits, batch["labels"]), {"accuracy": gk.accuracy(logits, batch["labels"])}
 
 

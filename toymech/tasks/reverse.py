@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from toymech.config import ModelConfig
-from toymech.model import apply_unchecked
+from toymech.model import apply_unchecked, output_positions_for
 
 N_SYMBOLS = 4  # digit tokens 0..3
 BOS = 4
@@ -74,9 +74,10 @@ def output_logits(cfg: ModelConfig, params: dict, sequences: jax.Array, *, inter
     Returns (logits at the output positions [b, 8, d_vocab], captured
     activations over all 16 positions). Tokens are not range-checked.
     """
-    logits, acts = apply_unchecked(cfg, params, sequences[:, :-1], intervention=intervention,
-                                   capture=capture)  # [b, 16, v]
-    return logits[:, N_DIGITS:], acts
+    positions = output_positions_for(cfg, tuple(OUTPUT_POSITIONS.tolist()), capture=capture, intervention=intervention)
+    logits, acts = apply_unchecked(cfg, params, sequences[:, :-1], intervention=intervention, capture=capture,
+                                   output_positions=positions)  # [b, 8 or 16, v]
+    return (logits if positions else logits[:, N_DIGITS:]), acts
 
 
 def token_losses(logits: jax.Array, sequences: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -187,11 +187,13 @@ def to_text(tokens: np.ndarray) -> list[str]:
 def token_losses(logits: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Cross-entropy and correctness of the four sum digits.
 
-    logits: [b, 14, d_vocab_out] (the model run on all 14 tokens); tokens:
-    int [b, 14]. Returns (loss [b, 4], correct bool [b, 4]), digit i scored
-    from the logits at position 9 + i.
+    logits: [b, 14, d_vocab_out] (the model run on all 14 tokens) or [b, 4,
+    d_vocab_out] (run with `output_positions=OUTPUT_POSITIONS`); tokens: int
+    [b, 14]. Returns (loss [b, 4], correct bool [b, 4]), digit i scored from the
+    logits at position 9 + i.
     """
-    out = logits[:, OUTPUT_POSITIONS].astype(jnp.float32)  # [b, 4, v]
+    out = logits if logits.shape[1] == N_DIGITS else logits[:, OUTPUT_POSITIONS]
+    out = out.astype(jnp.float32)  # [b, 4, v]
     targets = tokens[:, TARGET_POSITIONS]  # [b, 4]
     logp = jax.nn.log_softmax(out, axis=-1)
     loss = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
@@ -206,7 +208,7 @@ def token_scores(logits: jax.Array, tokens: jax.Array) -> jax.Array:
 
 def metrics(logits: jax.Array, tokens: jax.Array) -> dict[str, jax.Array]:
     """Mean loss, per-digit accuracy (fraction of the 4b digits right) and
-    sequence accuracy (all four right) of logits [b, 14, v] on tokens [b, 14]."""
+    sequence accuracy (all four right) of logits [b, 14 or 4, v] on tokens [b, 14]."""
     loss, correct = token_losses(logits, tokens)
     return {"loss": loss.mean(), "accuracy": correct.mean(), "sequence_accuracy": correct.all(-1).mean()}
 
@@ -214,6 +216,6 @@ def metrics(logits: jax.Array, tokens: jax.Array) -> dict[str, jax.Array]:
 def loss_fn(cfg: ModelConfig, params: dict, tokens: jax.Array) -> tuple[jax.Array, dict]:
     """Training loss: mean cross-entropy over the four sum digits of tokens
     [b, 14], with {'accuracy', 'sequence_accuracy'}."""
-    logits, _ = apply_unchecked(cfg, params, tokens)
+    logits, _ = apply_unchecked(cfg, params, tokens, output_positions=tuple(OUTPUT_POSITIONS.tolist()))  # [b, 4, v]
     m = metrics(logits, tokens)
     return m.pop("loss"), m

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from toymech.config import ModelConfig
-from toymech.model import apply_unchecked
+from toymech.model import apply_unchecked, output_positions_for
 
 PAD_ID = 0
 CHAR_TO_ID = {**{str(d): d + 1 for d in range(10)}, " ": 11, "+": 12, "-": 13, "=": 14, "?": 15}
@@ -230,9 +230,10 @@ def predict(cfg: ModelConfig, params: dict, tokens: jax.Array, mask: jax.Array, 
     captured activations). Tokens are not range-checked (use on data made by
     `make_dataset`, or call `toymech.apply` first).
     """
+    last = output_positions_for(cfg, last_real_index(mask)[:, None], capture=capture, intervention=intervention)
     out, acts = apply_unchecked(cfg, params, tokens, intervention=intervention, capture=capture,
-                                key_padding_mask=mask)  # out [b, p, 1]
-    return pool_last(out[..., 0], mask), acts
+                                key_padding_mask=mask, output_positions=last)  # out [b, 1 or p, 1]
+    return (out[:, 0, 0] if last is not None else pool_last(out[..., 0], mask)), acts
 
 
 def loss_fn(cfg: ModelConfig, params: dict, batch: dict) -> tuple[jax.Array, dict]:
