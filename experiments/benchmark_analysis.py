@@ -62,6 +62,9 @@ _N_CHECKPOINTS = flags.DEFINE_integer("n_checkpoints", 250, "Grokking checkpoint
 _TL_CHECKPOINTS = flags.DEFINE_integer(
     "tl_checkpoints", 25, "Reference progress loop: run this many checkpoints and scale (0 = all).")
 _ITEMS = flags.DEFINE_list("items", ["sweep", "polyfit", "probes", "progress"], "Which items to run.")
+_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir", "", "Enable JAX's persistent compilation cache in this folder (run twice: the first "
+    "process fills it, the second's first calls show the warm-cache cost); empty: no persistent cache.")
 
 KEY_FREQS = (14, 35, 41, 42, 52)  # Nanda et al.'s; any frequencies time the same
 
@@ -327,14 +330,22 @@ def main(argv):
     unknown = set(_ITEMS.value) - set(benches)
     if unknown:
         raise app.UsageError(f"unknown --items {sorted(unknown)}; choose from {sorted(benches)}")
+    if _CACHE_DIR.value:
+        cache = tm.compilation_cache.enable(_CACHE_DIR.value)
+        warm = any(not f.startswith(".") for f in os.listdir(cache))
+        print(f"persistent compilation cache {cache} ({'warm' if warm else 'empty: a cold process'})", flush=True)
     load_at_start = os.getloadavg()
+    if load_at_start[0] > (os.cpu_count() or 1):
+        print(f"WARNING: load average {load_at_start[0]:.1f} exceeds the {os.cpu_count()} cores: these ratios do "
+              "not describe an idle machine", flush=True)
     rows = []
     for name in _ITEMS.value:
         print(f"running {name} ...", flush=True)
         rows.append(benches[name]())
     machine = dict(platform=platform.platform(), processor=platform.processor(), cpu_count=os.cpu_count(),
                    jax=jax.__version__, jax_backend=jax.default_backend(), torch=torch.__version__,
-                   load_average_1_5_15min_at_start=load_at_start, load_average_1_5_15min_at_end=os.getloadavg())
+                   load_average_1_5_15min_at_start=load_at_start, load_average_1_5_15min_at_end=os.getloadavg(),
+                   compilation_cache_dir=_CACHE_DIR.value or None)
     print(_table(rows))
     os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
     with open(_OUT.value, "w") as f:

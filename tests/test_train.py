@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -308,6 +309,19 @@ class Interrupt(BaseException):
     pass
 
 
+def test_progress_lines_keep_compilation_apart_and_say_when_a_run_resumes(tmp_path, capsys):
+    kw = dict(SHARED, chunk_epochs=1, log_every=1, progress=True, workdir=str(tmp_path), checkpoint_every=1)
+    T.train(LOSS, INIT, DATA, ADAMW, num_epochs=3, **kw)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3 and "resumed" not in lines[0]
+    assert "first chunks incl. compilation" in lines[0] and "epochs/s" not in lines[0], lines[0]
+    assert all(re.search(r"epochs/s .*ETA .*\+ [\d.]+s first chunks incl\. compilation", l) for l in lines[1:]), lines
+    T.train(LOSS, INIT, DATA, ADAMW, num_epochs=4, **kw)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert re.fullmatch(r"\[train\] resumed from epoch 3 \(checkpoint .*ckpt_0*3\.msgpack\)", lines[0]), lines[0]
+    assert lines[1].startswith("[train] epoch 4/4")
+
+
 def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch):
     kw = dict(SHARED, num_epochs=8, eval_every=3, snapshot_every=2, checkpoint_every=2)
     full = T.train(LOSS, INIT, DATA, ADAMW, **kw)
@@ -439,3 +453,55 @@ def test_sharded_over_8_host_devices_equals_unsharded():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["n_devices"] == 8 and result["shape"] == [6, 2, 8, 4]
     assert result["max_diff"] < 1e-5 and result["loss_diff"] < 1e-5
+
+
+MULTIPROCESS_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    process, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    if process >= 0:
+        jax.distributed.initialize(coordinator_address="127.0.0.1:" + port, num_processes=2, process_id=process)
+    import numpy as np
+    from jax.experimental import multihost_utils
+    sys.path.insert(0, {tests!r})
+    import test_train as t
+    from toymech import train as T
+    kw = dict(seeds=[0, 1, 2, 3, 4, 5], hparams={{"lr": [1e-2, 2e-2] * 3}}, num_epochs=2, batch_size=16,
+              eval_data=t.HELD_OUT, snapshot_every=1, progress=False)
+    r = T.train_many(t.LOSS, t.INIT, t.DATA, t.ADAMW, **kw)
+    params = multihost_utils.process_allgather(r.params, tiled=True) if process >= 0 else r.params
+    flat = {{k: np.asarray(v) for k, v in T.flatten_params(params).items()}}
+    np.savez(out, loss=r.train_history["loss"], acc=r.eval_history["acc"],
+             snap=np.asarray(r.snapshots["embed"]["W_E"]), **flat)
+    print(json.dumps({{"process_count": jax.process_count(), "devices": len(jax.devices()),
+                      "local": len(jax.local_devices())}}))
+""")
+
+
+def test_train_many_across_two_processes_equals_one_process(tmp_path):
+    """Two processes on this machine (jax.distributed with gloo CPU collectives, each
+    seeing 2 of its own devices, 4 in all) give the single-process runs."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    script = MULTIPROCESS_SCRIPT.format(tests=os.path.join(REPO, "tests"))
+    run = lambda i: subprocess.Popen([sys.executable, "-c", script, str(i), port, str(tmp_path / f"p{i}.npz")],
+                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers = [run(0), run(1)]
+    outs = [w.communicate(timeout=600) for w in workers]
+    for w, (_, err) in zip(workers, outs):
+        assert w.returncode == 0, err[-3000:]
+    assert [json.loads(o.strip().splitlines()[-1]) for o, _ in outs] == [{"process_count": 2, "devices": 4, "local": 2}] * 2
+    single = subprocess.run([sys.executable, "-c", script, "-1", port, str(tmp_path / "single.npz")],
+                            env=dict(env, XLA_FLAGS=""), capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    expected = np.load(tmp_path / "single.npz")
+    for i in (0, 1):
+        got = np.load(tmp_path / f"p{i}.npz")
+        assert sorted(got.files) == sorted(expected.files)
+        for name in expected.files:
+            np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=f"process {i}: {name}")

@@ -11,7 +11,7 @@ and its modules:
   analysis       probes, fits, Fourier, attribution, sweeps, progress measures
 """
 
-from toymech import analysis, interop, interventions, train, weights
+from toymech import analysis, compilation_cache, interop, interventions, train, weights
 from toymech.config import ModelConfig
 from toymech.model import (
     Transformer,
@@ -33,6 +33,7 @@ __all__ = [
     "apply_batched",
     "analysis",
     "apply_unchecked",
+    "compilation_cache",
     "flatten_params",
     "get_act_name",
     "init_params",

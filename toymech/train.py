@@ -534,14 +534,19 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def _progress_line(epoch, num_epochs, train_h, eval_h, rate, spe, eta, n_runs) -> str:
+def _progress_line(epoch, num_epochs, train_h, eval_h, rate, spe, eta, n_runs, compile_s) -> str:
     mean = lambda v: float(np.mean(v))
     runs = f" (mean of {n_runs} runs)" if n_runs > 1 else ""
     parts = [f"epoch {epoch}/{num_epochs}", f"loss {mean(train_h['loss'][..., -1]):.4g}{runs}"]
     if eval_h and len(eval_h["epoch"]):
         parts.append("eval " + " ".join(f"{k} {mean(v[..., -1]):.4g}" for k, v in eval_h.items() if k != "epoch"))
-    parts.append(f"{rate:.3g} epochs/s ({rate * spe * n_runs:.4g} steps/s)")
-    parts.append(f"ETA {_fmt_time(eta)}")
+    if rate is None:  # every chunk so far compiled its program
+        parts.append(f"first chunks incl. compilation {compile_s:.1f}s")
+    else:
+        parts.append(f"{rate:.3g} epochs/s ({rate * spe * n_runs:.4g} steps/s)")
+        parts.append(f"ETA {_fmt_time(eta)}")
+        if compile_s:
+            parts.append(f"+ {compile_s:.1f}s first chunks incl. compilation")
     return "[train] " + " | ".join(parts)
 
 
@@ -700,16 +705,26 @@ def _fit(loss_fn, init, train_data, optimizer, *, seeds, hparams, devices, batch
             if snapshot_every:
                 snapshot_epochs = list(range(snapshot_every, start + 1, snapshot_every))
                 snapshots = [ckpt.load_pytree(_snapshot_path(snap_dir, e), to_host(params)) for e in snapshot_epochs]
+            if progress:
+                print(f"[train] resumed from epoch {start} (checkpoint {path})", file=sys.stderr, flush=True)
 
     history = lambda h: {k: np.concatenate(v, axis=-1) for k, v in h.items()}
 
     # --- the loop: one compiled chunk per host round-trip
+    # Throughput counts only chunks whose program was already compiled: a chunk
+    # length's first call (compilation + run) is reported apart.
     epoch = start
-    t_last, e_last = time.perf_counter(), epoch
+    compiled, compile_s, steady_s, steady_epochs = set(), 0.0, 0.0, 0
     while epoch < num_epochs:
         c = min(chunk - epoch % chunk, num_epochs - epoch)
+        t0 = time.perf_counter()
         params, opt_state, tm, em, bad = run_chunk(params, opt_state, np.arange(epoch, epoch + c, dtype=np.int32))
         bad = np.atleast_1d(to_host(bad))
+        if c in compiled:
+            steady_s, steady_epochs = steady_s + time.perf_counter() - t0, steady_epochs + c
+        else:
+            compiled.add(c)
+            compile_s += time.perf_counter() - t0
         if (bad >= 0).any():
             i = int(np.argmax(bad >= 0))
             s = int(bad[i])
@@ -735,12 +750,10 @@ def _fit(loss_fn, init, train_data, optimizer, *, seeds, hparams, devices, batch
             ckpt.save_checkpoint(ckpt_dir, epoch, state, dict(meta, epoch=epoch, num_epochs=num_epochs),
                                  keep=keep_checkpoints)
         if progress and (epoch % log_every == 0 or epoch == num_epochs):
-            now = time.perf_counter()
-            rate = (epoch - e_last) / max(now - t_last, 1e-9)
-            t_last, e_last = now, epoch
+            rate = steady_epochs / max(steady_s, 1e-9) if steady_epochs else None
             line = _progress_line(epoch, num_epochs, history(train_h),
                                   history(eval_h) | {"epoch": _eval_epochs(0, epoch, eval_every, num_epochs)},
-                                  rate, spe, (num_epochs - epoch) / max(rate, 1e-9), R)
+                                  rate, spe, (num_epochs - epoch) / max(rate or 1.0, 1e-9), R, compile_s)
             print(line, file=sys.stderr, flush=True)
 
     train_history = {"epoch": np.arange(1, epoch + 1), **history(train_h)}
@@ -780,7 +793,10 @@ _LOOP_DOC = """
         chunk_epochs: epochs per compiled chunk (host round-trip); default the gcd of
             the snapshot, checkpoint and log periods (all must be multiples of it).
         drop_remainder: drop the last partial batch of each epoch.
-        progress: print progress lines (epoch, losses, epochs/s, steps/s, ETA) to stderr.
+        progress: print progress lines to stderr: epoch, losses, epochs/s and steps/s over
+            the chunks run so far whose program was already compiled (so compilation
+            does not distort them; its time is shown apart), ETA; and "resumed from
+            epoch N (checkpoint ...)" when a run resumes.
     Raises:
         TrainingDivergedError: a non-finite training loss (message: step, epoch,
             batch, run); nothing after it is saved, the last good checkpoint stays.
