@@ -110,6 +110,36 @@ def test_head_ablations_and_patching_match_run_with_hooks(ref, name):
             np.testing.assert_allclose(got, ref.to_numpy(expected), err_msg=hook_fn.__name__, **TOL)
 
 
+def test_negative_indices_match_run_with_hooks(ref):
+    import torch
+    cfg = STUDY_CONFIGS["sum"]
+    model = ref.tl_model(cfg, seed=6)
+    params = ref.params_from_tl(model)
+    tokens = _tokens(cfg, seed=7)
+    z, resid, pattern = tm.get_act_name("z", 1), tm.get_act_name("resid_pre", 1), tm.get_act_name("pattern", 0)
+    vector = np.linspace(-1, 1, cfg.d_model).astype(np.float32)
+
+    def zero_last_head(x, hook):
+        x[:, :, -1] = 0.0
+        return x
+
+    def add_at_last_pos(x, hook):
+        x[:, -1] += torch.tensor(vector)
+        return x
+
+    def zero_last_query_key(x, hook):
+        x[:, -2, -1, [0, -2]] = 0.0
+        return x
+
+    cases = [(z, zero_last_head, iv.zero(z, head=-1)), (resid, add_at_last_pos, iv.add(resid, vector, pos=-1)),
+             (pattern, zero_last_query_key, iv.zero(pattern, head=-2, pos=-1, feature=np.array([0, -2])))]
+    with torch.no_grad():
+        for site, hook_fn, intervention in cases:
+            expected = model.run_with_hooks(torch.tensor(tokens), fwd_hooks=[(site, hook_fn)])
+            got, _ = tm.apply(cfg, params, tokens, intervention=intervention)
+            np.testing.assert_allclose(got, ref.to_numpy(expected), err_msg=hook_fn.__name__, **TOL)
+
+
 def test_key_padding_mask_matches_transformer_lens_attention_mask(ref):
     import torch
     cfg = STUDY_CONFIGS["reverse"]

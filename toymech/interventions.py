@@ -17,9 +17,15 @@ Each edit may be restricted by masks:
            attention scores/pattern only);
   feature  bool [last dim] or int index/indices: which entries of the last axis
            (for attention scores/pattern: which key positions).
-Outside the masked region the activation is left as it was. A mask that
-selects nothing (e.g. all False) leaves the site untouched, which is how a
-batched sweep over layers switches the other layers' edits off.
+Outside the masked region the activation is left as it was.
+
+Integer indices mean what they mean in numpy and TransformerLens: `pos=-1`
+is the last position, `head=-2` the last but one. `toymech.apply` and
+`apply_batched` check concrete indices against the activation's shape and
+raise a ValueError naming the site, the axis and its size for one out of
+range. Indices traced inside a user's own `jit` cannot be checked: there a
+negative index still counts from the end, but one out of range selects
+nothing (check such indices before tracing, e.g. by calling `apply` once).
 
 Weight-level ablation (zeroing a parameter, as study 2 does) is `zero_weights`,
 a params -> params function.
@@ -35,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from toymech.sites import AXES, site_layout
+from toymech.sites import AXES, axis_word, site_layout
 
 KINDS = ("zero", "mean", "patch", "project_out", "add", "scale", "fn")
 
@@ -65,8 +71,11 @@ class Intervention:
 
 def _edit(kind, site, value=None, pos=None, head=None, feature=None, fn=None) -> Intervention:
     as_array = lambda a: None if a is None else jnp.asarray(a)
-    e = Edit(kind, as_array(value), as_array(pos), as_array(head), as_array(feature), fn)
-    return Intervention({site: (e,)})
+    masks = {name: as_array(m) for name, m in (("pos", pos), ("head", head), ("feature", feature))}
+    for name, m in masks.items():
+        if m is not None:
+            _check_mask(site, name, m)
+    return Intervention({site: (Edit(kind, as_array(value), fn=fn, **masks),)})
 
 
 def zero(site: str, *, pos=None, head=None, feature=None) -> Intervention:
@@ -218,20 +227,25 @@ def _mask(site: str, shape, e: Edit):
         m = getattr(e, kind)
         if m is None:
             continue
-        if kind not in axes:
-            raise ValueError(f"site {site} has no {kind} axis; a {kind} mask cannot be applied there")
+        _check_mask(site, kind, m)
         m = _axis_mask(site, kind, m, shape, axes[kind])
         mask = m if mask is None else mask & m
     return mask
 
 
+def _check_mask(site, kind, m):
+    if kind not in AXES[site_layout(site)]:
+        raise ValueError(f"site {site} has no {kind} axis; a {kind} mask cannot be applied there")
+    if not (m.dtype == jnp.bool_ or jnp.issubdtype(m.dtype, jnp.integer)):
+        raise ValueError(f"{kind} mask at site {site} must be bool or int indices, got dtype {m.dtype}")
+
+
 def _axis_mask(site, kind, m, shape, axis):
     n = shape[axis]
     rank = len(shape)
-    if jnp.issubdtype(m.dtype, jnp.integer):  # indices -> bool [n]
-        m = (jnp.arange(n)[:, None] == jnp.reshape(m, (1, -1))).any(axis=1)
-    elif m.dtype != jnp.bool_:
-        raise ValueError(f"{kind} mask at site {site} must be bool or int indices, got {m.dtype}")
+    if jnp.issubdtype(m.dtype, jnp.integer):  # indices -> bool [n]; negative ones count from the end
+        m = jnp.reshape(m, (1, -1))
+        m = (jnp.arange(n)[:, None] == jnp.where(m < 0, m + n, m)).any(axis=1)
     if m.ndim == 1 and m.shape[0] == n:
         return m.reshape([n if i == axis else 1 for i in range(rank)])
     if kind == "pos" and m.ndim == 2 and m.shape == (shape[0], n):  # [batch, pos]
@@ -241,6 +255,31 @@ def _axis_mask(site, kind, m, shape, axis):
         f"{kind} mask at site {site} has shape {tuple(m.shape)}; expected {expected} "
         f"for an activation of shape {tuple(shape)}"
     )
+
+
+def check_indices(intervention: Intervention, site_shape: Callable[[str], tuple[int, ...]]) -> None:
+    """Host-side check of an intervention's integer indices against the
+    shapes of the activations they index (`site_shape(site)`, e.g. from
+    `toymech.sites.site_shape`): raises ValueError naming the site, the axis
+    and its size for an index outside [-size, size). Indices that are
+    tracers (inside a user's jit) are not checked: there, a negative index
+    still counts from the end, and one out of range selects nothing."""
+    for site, edits in intervention.edits.items():
+        layout = site_layout(site)
+        shape = site_shape(site)
+        for e in edits:
+            for kind in ("pos", "head", "feature"):
+                m = getattr(e, kind)
+                if m is None or isinstance(m, jax.core.Tracer) or not jnp.issubdtype(m.dtype, jnp.integer):
+                    continue
+                n = shape[AXES[layout][kind]]
+                m = np.asarray(m)
+                bad = (m < -n) | (m >= n)
+                if bad.any():
+                    raise ValueError(
+                        f"{e.kind} at site {site}: {kind} index {m[bad].flat[0]} is out of range for the "
+                        f"{axis_word(layout, kind)} axis of size {n} (valid indices: {-n}..{n - 1})"
+                    )
 
 
 # --- weight-level ablation --------------------------------------------------

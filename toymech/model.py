@@ -42,7 +42,7 @@ import numpy as np
 
 from toymech import interventions as iv
 from toymech.config import ModelConfig
-from toymech.sites import check_sites, site_names
+from toymech.sites import check_sites, site_names, site_shape
 
 ACT_FNS = {
     "relu": jax.nn.relu,
@@ -439,8 +439,9 @@ def _resolve_capture(cfg: ModelConfig, capture) -> tuple[str, ...]:
 
 
 def check_inputs(cfg: ModelConfig, tokens, intervention, key_padding_mask, check_values: bool):
-    """Validates a forward pass's inputs at the boundary: shapes and site names
-    always, token values when concrete and `check_values`. Raises ValueError."""
+    """Validates a forward pass's inputs at the boundary: shapes, site names
+    and the range of concrete integer intervention indices always, token
+    values when concrete and `check_values`. Raises ValueError."""
     if intervention is not None:
         if not isinstance(intervention, iv.Intervention):
             raise TypeError(f"intervention must be a toymech Intervention, got {type(intervention).__name__}")
@@ -456,6 +457,8 @@ def check_inputs(cfg: ModelConfig, tokens, intervention, key_padding_mask, check
         raise ValueError(
             f"key_padding_mask must have the tokens' shape {shape}, got {np.shape(key_padding_mask)}"
         )
+    if intervention is not None:
+        iv.check_indices(intervention, lambda site: site_shape(cfg, site, shape[0], shape[1]))
     if check_values and not isinstance(tokens, jax.core.Tracer):
         t = np.asarray(tokens)
         bad = (t < 0) | (t >= cfg.d_vocab)

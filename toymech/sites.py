@@ -68,6 +68,35 @@ def site_layout(name: str) -> str:
     return "resid"
 
 
+_AXIS_WORDS = {
+    "resid": {"pos": "position", "feature": "feature (last)"},
+    "head": {"pos": "position", "head": "head", "feature": "feature (last)"},
+    "pattern": {"pos": "query position", "head": "head", "feature": "key position"},
+}
+
+
+def axis_word(layout: str, kind: str) -> str:
+    """What a `kind` mask ('pos', 'head', 'feature') indexes at a site of
+    `layout`, in words: 'position', 'query position', 'key position', ..."""
+    return _AXIS_WORDS[layout][kind]
+
+
+def site_shape(cfg: ModelConfig, name: str, batch: int, n_pos: int) -> tuple[int, ...]:
+    """The shape of site `name`'s activation in a forward pass over tokens
+    [batch, n_pos] (a site of `cfg`, see `check_sites`)."""
+    last = name.rsplit(".", 1)[-1]
+    layout = site_layout(name)
+    if layout == "pattern":
+        return (batch, cfg.n_heads, n_pos, n_pos)
+    if layout == "head":
+        return (batch, n_pos, cfg.n_heads, cfg.d_model if last == "hook_result" else cfg.d_head)
+    if last == "hook_scale":
+        return (batch, n_pos, 1)
+    if name.startswith("blocks.") and ".mlp." in name:
+        return (batch, n_pos, cfg.d_mlp)
+    return (batch, n_pos, cfg.d_model)
+
+
 def check_sites(cfg: ModelConfig, names, what: str = "site") -> None:
     """Raises ValueError naming any of `names` that is not a site of `cfg`."""
     valid = site_names(cfg)
