@@ -122,13 +122,55 @@ def test_zero_weights_is_pure_and_matches_zeroing_the_output():
         iv.zero_weights(params, "blocks.0.mlp.W_out", head=0)
 
 
-def test_stack_needs_the_same_structure():
-    with pytest.raises(ValueError, match="intervention 1 has a different structure"):
-        iv.stack([iv.zero(SITE, pos=0), iv.zero(SITE)])
-    with pytest.raises(ValueError, match="different shapes"):
-        iv.stack([iv.zero(SITE, pos=np.ones(6, bool)), iv.zero(SITE, pos=np.ones(5, bool))])
+def test_stack_composes_runs_of_different_sites_and_kinds():
+    params = tm.init_params(CFG, jax.random.key(4))
+    tokens = np.random.default_rng(5).integers(0, 7, (2, 6))
+    resid = "blocks.1.hook_resid_pre"
+    _, other = tm.apply(CFG, params, tokens[::-1], capture=(resid,))
+    vec = np.linspace(-1, 1, 8)
+    singles = [iv.zero(tm.get_act_name("z", l), head=h) for l in range(2) for h in range(2)]  # every head
+    singles += [iv.patch(resid, other[resid], pos=p) for p in range(6)]  # plus the resid at each position
+    singles += [
+        iv.combine(iv.add(SITE, vec), iv.scale(SITE, 2.0, pos=0)),  # two edits at one site, in order...
+        iv.combine(iv.scale(SITE, 2.0, pos=1), iv.add(SITE, vec)),  # ...and in the other order
+        iv.combine(iv.mean(SITE), iv.zero(tm.get_act_name("pattern", 1), head=-1, pos=np.arange(6) > 2)),
+        iv.project_out(SITE, vec, pos=np.array([0, -1])),
+        iv.zero(tm.get_act_name("post", 0), feature=[1, 3]),
+    ]
+    batched = iv.stack(singles)
+    assert batched.n_stacked == len(singles) == iv.batch_size(batched)
+    logits, acts = tm.apply_batched(CFG, params, tokens, batched, capture=(SITE,))
+    for i, single in enumerate(singles):
+        want, want_acts = tm.apply(CFG, params, tokens, intervention=single, capture=(SITE,))
+        np.testing.assert_allclose(logits[i], want, rtol=1e-5, atol=1e-5, err_msg=f"run {i}")
+        np.testing.assert_allclose(acts[SITE][i], want_acts[SITE], rtol=1e-5, atol=1e-5, err_msg=f"run {i}")
+        got_one, _ = tm.apply(CFG, params, tokens, intervention=batched[i])  # run i taken out of the stack
+        np.testing.assert_allclose(got_one, want, rtol=1e-5, atol=1e-5)
+    # Runs making the same edits stack as plain arrays, with no switches.
+    same = iv.stack([iv.zero(SITE, pos=p) for p in range(3)])
+    assert all(e.active is None for edits in same.edits.values() for e in edits)
+
+
+def test_stacking_and_batching_errors_say_what_to_do():
+    params = tm.init_params(CFG, jax.random.key(4))
+    tokens = np.zeros((1, 6), int)
+    batched = iv.stack([iv.zero(SITE, pos=0), iv.zero(SITE, pos=1)])
+    with pytest.raises(ValueError, match=r"stack of 2 runs .*apply_batched, or one of them with intervention=stacked\[i\]"):
+        tm.apply(CFG, params, tokens, intervention=batched)
+    with pytest.raises(ValueError, match="apply_batched needs a stacked intervention"):
+        tm.apply_batched(CFG, params, tokens, None)
+    with pytest.raises(ValueError, match="share one leading axis"):
+        tm.apply_batched(CFG, params, tokens, iv.zero(SITE, pos=0))
     with pytest.raises(ValueError, match="at least one"):
         iv.stack([])
+    with pytest.raises(TypeError, match="item 1 is a str, not a toymech Intervention"):
+        iv.stack([iv.zero(SITE), "zero"])
+    with pytest.raises(ValueError, match="item 0 is already a stack of 2 runs"):
+        iv.stack([batched])
+    with pytest.raises(ValueError, match="cannot mix stacks"):
+        iv.combine(batched, iv.zero(SITE))
+    with pytest.raises(TypeError, match="single run"):
+        iv.zero(SITE)[0]
 
 
 # --- integer indices: numpy semantics, range errors ----------------------------------------------

@@ -171,13 +171,8 @@ def test_vmapped_head_ablations_equal_separate_runs_and_compile_once():
     cfg = dataclasses.replace(STUDY_CONFIGS["sum"], n_heads=4, d_head=12)  # a config no other test compiles
     params = tm.init_params(cfg, jax.random.key(1))
     tokens = _tokens(cfg, batch=5)
-    singles = [
-        iv.combine(*(iv.mean(tm.get_act_name("z", l), head=np.arange(cfg.n_heads) == h, pos=np.arange(14) >= 9)
-                     if l == layer else
-                     iv.mean(tm.get_act_name("z", l), head=np.zeros(cfg.n_heads, bool), pos=np.arange(14) >= 9)
-                     for l in range(cfg.n_layers)))
-        for layer in range(cfg.n_layers) for h in range(cfg.n_heads)
-    ]
+    singles = [iv.mean(tm.get_act_name("z", layer), head=np.arange(cfg.n_heads) == h, pos=np.arange(14) >= 9)
+               for layer in range(cfg.n_layers) for h in range(cfg.n_heads)]
     batched = iv.stack(singles)
     before = tm.model._forward_batched._cache_size()
     logits, _ = tm.apply_batched(cfg, params, tokens, batched)

@@ -438,14 +438,25 @@ def _resolve_capture(cfg: ModelConfig, capture) -> tuple[str, ...]:
     return capture
 
 
-def check_inputs(cfg: ModelConfig, tokens, intervention, key_padding_mask, check_values: bool):
+def check_inputs(cfg: ModelConfig, tokens, intervention, key_padding_mask, check_values: bool,
+                 batched: bool = False):
     """Validates a forward pass's inputs at the boundary: shapes, site names
     and the range of concrete integer intervention indices always, token
-    values when concrete and `check_values`. Raises ValueError."""
+    values when concrete and `check_values`; with `batched`, that the
+    intervention is a stack (else that it is not). Raises ValueError."""
+    if batched and intervention is None:
+        raise ValueError("apply_batched needs a stacked intervention (interventions.stack); for one run use apply")
     if intervention is not None:
         if not isinstance(intervention, iv.Intervention):
             raise TypeError(f"intervention must be a toymech Intervention, got {type(intervention).__name__}")
         check_sites(cfg, intervention.sites, "intervention site")
+        if batched:
+            iv.batch_size(intervention)
+        elif intervention.n_stacked is not None and not _traced(intervention):
+            raise ValueError(
+                f"this intervention is a stack of {intervention.n_stacked} runs (interventions.stack): run "
+                "them all with toymech.apply_batched, or one of them with intervention=stacked[i]"
+            )
     shape = np.shape(tokens)
     if len(shape) != 2:
         raise ValueError(f"tokens must be an int array [batch, pos], got shape {shape}")
@@ -468,6 +479,10 @@ def check_inputs(cfg: ModelConfig, tokens, intervention, key_padding_mask, check
                 f"token {t[b, p]} at [batch {b}, pos {p}] is outside the vocabulary [0, {cfg.d_vocab}) "
                 f"({int(bad.sum())} out-of-range tokens in all)"
             )
+
+
+def _traced(tree) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree))
 
 
 def _used_sites(intervention, capture) -> tuple[str, ...]:
@@ -518,8 +533,7 @@ def apply_batched(cfg: ModelConfig, params: dict, tokens, intervention, *, captu
     vmapped call: returns logits [n, batch, pos, d_vocab_out] (pos: the
     `output_positions` when given, as in `apply`) and activations with the same
     leading axis n (see `toymech.interventions.stack`)."""
-    check_inputs(cfg, tokens, intervention, key_padding_mask, check_values=True)
-    iv.batch_size(intervention)
+    check_inputs(cfg, tokens, intervention, key_padding_mask, check_values=True, batched=True)
     capture = _resolve_capture(cfg, capture)
     positions = _resolve_positions(cfg, output_positions, np.shape(tokens), _used_sites(intervention, capture))
     return _forward_batched(cfg, params, tokens, intervention, capture, key_padding_mask, *positions)
