@@ -70,6 +70,10 @@ def test_logits_and_every_site_match_transformer_lens(ref, name):
     assert not missing, f"toymech sites TransformerLens does not have: {missing}"
     for site, act in acts.items():
         np.testing.assert_allclose(act, ref.to_numpy(cache[site]), err_msg=site, **TOL)
+    if cfg.attention_dir == "causal":  # masked scores hold TransformerLens's IGNORE value
+        masked = ~np.tril(np.ones((cfg.n_ctx, cfg.n_ctx), bool))
+        ignore = float(model.blocks[0].attn.IGNORE)
+        assert np.all(np.asarray(acts[tm.get_act_name("attn_scores", 0)])[..., masked] == ignore)
 
 
 @pytest.mark.parametrize("name", list(STUDY_CONFIGS))
@@ -296,3 +300,35 @@ def test_get_act_name_matches_transformer_lens():
     utils = pytest.importorskip("transformer_lens.utils")
     for case in cases:
         assert tm.get_act_name(*case) == utils.get_act_name(*case), case
+
+
+def test_python_token_lists_are_converted_or_refused_in_one_line(small):
+    cfg, params = small
+    want, _ = tm.apply(cfg, params, np.array([[1, 2, 3]]))
+    np.testing.assert_array_equal(tm.apply(cfg, params, [[1, 2, 3]])[0], want)
+    long_ragged = [list(range(5)) * 3, [1]]
+    for tokens, message in [(long_ragged, "rows have different lengths"), ([[1.5, 2.0]], "not all integer"),
+                            ([1, 2, 3], r"for one sequence, pass tokens\[None\] or \[tokens\]")]:
+        with pytest.raises(ValueError, match=message) as err:
+            tm.apply(cfg, params, tokens)
+        assert "\n" not in str(err.value) and "0, 1, 2, 3, 4, 0" not in str(err.value)
+
+
+def test_params_that_do_not_fit_the_config_point_to_the_right_config(small):
+    cfg, params = small
+    processed_cfg, processed = tm.weights.process_weights(cfg, params)
+    with pytest.raises(ValueError, match=r"missing \['blocks.0.ln1.b', .*process_weights go with the config it returned"):
+        tm.apply(cfg, processed, np.zeros((1, 4), int))
+    with pytest.raises(ValueError, match=r"unexpected \['blocks.0.ln1.b'.*have LayerNorm weights"):
+        tm.apply_unchecked(processed_cfg, params, np.zeros((1, 4), int))
+    wide = dataclasses.replace(cfg, d_mlp=8)
+    with pytest.raises(ValueError, match=r"wrong shapes: blocks.0.mlp.W_in \(4, 16\) \(config needs \(4, 8\)\)"):
+        tm.apply_batched(wide, params, np.zeros((1, 4), int), iv.stack([iv.zero("hook_embed")]))
+
+
+def test_capture_takes_a_names_filter(small):
+    cfg, params = small
+    _, acts = tm.apply(cfg, params, np.zeros((1, 4), int), capture=lambda name: name.endswith("hook_pattern"))
+    assert list(acts) == ["blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern"]
+    with pytest.raises(TypeError, match="capture must be a site name, a sequence of site names, 'all' or a function"):
+        tm.apply(cfg, params, np.zeros((1, 4), int), capture=3)
