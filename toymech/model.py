@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from toymech import interventions as iv
+from toymech.cache import ActivationCache
 from toymech.config import ModelConfig
 from toymech.sites import check_sites, site_names, site_shape
 
@@ -284,6 +285,7 @@ class Transformer(nn.Module):
     @nn.compact
     def __call__(self, tokens, sites: _Sites, key_mask=None, positions=None):  # tokens int [b, p]
         c = self.cfg
+        tokens = sites("hook_tokens", tokens)  # capture only (check_inputs refuses edits)
         W_E = Embed(c, name="embed")()  # [v, d]
         W_pos = PosEmbed(c, name="pos_embed")()[: tokens.shape[1]]  # [p, d]
         embed = sites("hook_embed", W_E[tokens])  # [b, p, d]
@@ -296,7 +298,7 @@ class Transformer(nn.Module):
                 resid, sites, key_mask, positions if last else None, first if layer == 0 else None)
         if c.normalization_type:
             resid = LayerNorm(c, name="ln_final")(resid, sites, "ln_final")
-        return Unembed(c, name="unembed")(resid)  # [b, q, v]
+        return Unembed(c, name="unembed")(sites("unembed.hook_in", resid))  # [b, q, v]
 
 
 def _project_tables(cfg: ModelConfig, sites: _Sites, shape) -> bool:
@@ -352,7 +354,7 @@ def _forward(cfg, params, tokens, intervention, capture, key_padding_mask, fixed
     sites = _Sites(intervention, capture)
     positions = fixed_positions if row_positions is None else row_positions
     logits = Transformer(cfg).apply({"params": params}, tokens, sites, key_padding_mask, positions)
-    return logits, sites.captured
+    return logits, ActivationCache(cfg, sites.captured)
 
 
 _forward_jit = jax.jit(_forward, static_argnums=(0, 4, 6))
@@ -371,7 +373,7 @@ def position_restricted_sites(cfg: ModelConfig) -> tuple[str, ...]:
     b = f"blocks.{cfg.n_layers - 1}"
     whole = {f"{b}.hook_resid_pre", f"{b}.ln1.hook_scale", f"{b}.ln1.hook_normalized", f"{b}.attn.hook_k",
              f"{b}.attn.hook_v"}
-    return tuple(n for n in site_names(cfg) if (n.startswith(f"{b}.") or n.startswith("ln_final.")) and n not in whole)
+    return tuple(n for n in site_names(cfg) if n.startswith((f"{b}.", "ln_final.", "unembed.")) and n not in whole)
 
 
 def output_positions_for(cfg: ModelConfig, positions, *, capture=(), intervention=None):
@@ -458,6 +460,8 @@ def check_inputs(cfg: ModelConfig, tokens, intervention, key_padding_mask, check
         if not isinstance(intervention, iv.Intervention):
             raise TypeError(f"intervention must be a toymech Intervention, got {type(intervention).__name__}")
         check_sites(cfg, intervention.sites, "intervention site")
+        if "hook_tokens" in intervention.edits:
+            raise ValueError("hook_tokens can be captured but not edited: pass the tokens you want to run")
         if batched:
             iv.batch_size(intervention)
         elif intervention.n_stacked is not None and not _traced(intervention):
@@ -560,7 +564,11 @@ def _used_sites(intervention, capture) -> tuple[str, ...]:
 
 def apply(cfg: ModelConfig, params: dict, tokens, *, intervention=None, capture=(), key_padding_mask=None,
           output_positions=None):
-    """Runs the model: returns (logits [batch, pos, d_vocab_out], {site: activation}).
+    """Runs the model: returns (logits [batch, pos, d_vocab_out], cache).
+
+    The cache (`toymech.cache.ActivationCache`) maps the captured site names
+    to their activations, in forward order; it also takes short keys
+    (`cache["pattern", 0]`) and is a pytree.
 
     Args:
       cfg, params: the model.
