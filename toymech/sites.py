@@ -37,6 +37,9 @@ AXES = {
 
 _HEAD_SITES = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result")
 _PATTERN_SITES = ("hook_attn_scores", "hook_pattern")
+# Per-head sites whose last axis is d_model (the rest have d_head); the split-input sites of
+# issue 10 are listed so their index checks know their width once they exist.
+_HEAD_RESID_SITES = ("hook_result", "hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input")
 
 
 def _ln_sites(prefix: str, cfg: ModelConfig) -> list[str]:
@@ -101,7 +104,7 @@ def site_shape(cfg: ModelConfig, name: str, batch: int, n_pos: int) -> tuple[int
     if layout == "pattern":
         return (batch, cfg.n_heads, n_pos, n_pos)
     if layout == "head":
-        return (batch, n_pos, cfg.n_heads, cfg.d_model if last == "hook_result" else cfg.d_head)
+        return (batch, n_pos, cfg.n_heads, cfg.d_model if last in _HEAD_RESID_SITES else cfg.d_head)
     if last == "hook_scale":
         return (batch, n_pos, 1)
     if name.startswith("blocks.") and ".mlp." in name:
