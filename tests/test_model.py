@@ -70,6 +70,10 @@ def test_logits_and_every_site_match_transformer_lens(ref, name):
     assert not missing, f"toymech sites TransformerLens does not have: {missing}"
     for site, act in acts.items():
         np.testing.assert_allclose(act, ref.to_numpy(cache[site]), err_msg=site, **TOL)
+    if cfg.attention_dir == "causal":  # masked scores hold TransformerLens's IGNORE value
+        masked = ~np.tril(np.ones((cfg.n_ctx, cfg.n_ctx), bool))
+        ignore = float(model.blocks[0].attn.IGNORE)
+        assert np.all(np.asarray(acts[tm.get_act_name("attn_scores", 0)])[..., masked] == ignore)
 
 
 @pytest.mark.parametrize("name", list(STUDY_CONFIGS))
@@ -110,6 +114,36 @@ def test_head_ablations_and_patching_match_run_with_hooks(ref, name):
             np.testing.assert_allclose(got, ref.to_numpy(expected), err_msg=hook_fn.__name__, **TOL)
 
 
+def test_negative_indices_match_run_with_hooks(ref):
+    import torch
+    cfg = STUDY_CONFIGS["sum"]
+    model = ref.tl_model(cfg, seed=6)
+    params = ref.params_from_tl(model)
+    tokens = _tokens(cfg, seed=7)
+    z, resid, pattern = tm.get_act_name("z", 1), tm.get_act_name("resid_pre", 1), tm.get_act_name("pattern", 0)
+    vector = np.linspace(-1, 1, cfg.d_model).astype(np.float32)
+
+    def zero_last_head(x, hook):
+        x[:, :, -1] = 0.0
+        return x
+
+    def add_at_last_pos(x, hook):
+        x[:, -1] += torch.tensor(vector)
+        return x
+
+    def zero_last_query_key(x, hook):
+        x[:, -2, -1, [0, -2]] = 0.0
+        return x
+
+    cases = [(z, zero_last_head, iv.zero(z, head=-1)), (resid, add_at_last_pos, iv.add(resid, vector, pos=-1)),
+             (pattern, zero_last_query_key, iv.zero(pattern, head=-2, pos=-1, feature=np.array([0, -2])))]
+    with torch.no_grad():
+        for site, hook_fn, intervention in cases:
+            expected = model.run_with_hooks(torch.tensor(tokens), fwd_hooks=[(site, hook_fn)])
+            got, _ = tm.apply(cfg, params, tokens, intervention=intervention)
+            np.testing.assert_allclose(got, ref.to_numpy(expected), err_msg=hook_fn.__name__, **TOL)
+
+
 def test_key_padding_mask_matches_transformer_lens_attention_mask(ref):
     import torch
     cfg = STUDY_CONFIGS["reverse"]
@@ -141,13 +175,8 @@ def test_vmapped_head_ablations_equal_separate_runs_and_compile_once():
     cfg = dataclasses.replace(STUDY_CONFIGS["sum"], n_heads=4, d_head=12)  # a config no other test compiles
     params = tm.init_params(cfg, jax.random.key(1))
     tokens = _tokens(cfg, batch=5)
-    singles = [
-        iv.combine(*(iv.mean(tm.get_act_name("z", l), head=np.arange(cfg.n_heads) == h, pos=np.arange(14) >= 9)
-                     if l == layer else
-                     iv.mean(tm.get_act_name("z", l), head=np.zeros(cfg.n_heads, bool), pos=np.arange(14) >= 9)
-                     for l in range(cfg.n_layers)))
-        for layer in range(cfg.n_layers) for h in range(cfg.n_heads)
-    ]
+    singles = [iv.mean(tm.get_act_name("z", layer), head=np.arange(cfg.n_heads) == h, pos=np.arange(14) >= 9)
+               for layer in range(cfg.n_layers) for h in range(cfg.n_heads)]
     batched = iv.stack(singles)
     before = tm.model._forward_batched._cache_size()
     logits, _ = tm.apply_batched(cfg, params, tokens, batched)
@@ -271,3 +300,35 @@ def test_get_act_name_matches_transformer_lens():
     utils = pytest.importorskip("transformer_lens.utils")
     for case in cases:
         assert tm.get_act_name(*case) == utils.get_act_name(*case), case
+
+
+def test_python_token_lists_are_converted_or_refused_in_one_line(small):
+    cfg, params = small
+    want, _ = tm.apply(cfg, params, np.array([[1, 2, 3]]))
+    np.testing.assert_array_equal(tm.apply(cfg, params, [[1, 2, 3]])[0], want)
+    long_ragged = [list(range(5)) * 3, [1]]
+    for tokens, message in [(long_ragged, "rows have different lengths"), ([[1.5, 2.0]], "not all integer"),
+                            ([1, 2, 3], r"for one sequence, pass tokens\[None\] or \[tokens\]")]:
+        with pytest.raises(ValueError, match=message) as err:
+            tm.apply(cfg, params, tokens)
+        assert "\n" not in str(err.value) and "0, 1, 2, 3, 4, 0" not in str(err.value)
+
+
+def test_params_that_do_not_fit_the_config_point_to_the_right_config(small):
+    cfg, params = small
+    processed_cfg, processed = tm.weights.process_weights(cfg, params)
+    with pytest.raises(ValueError, match=r"missing \['blocks.0.ln1.b', .*process_weights go with the config it returned"):
+        tm.apply(cfg, processed, np.zeros((1, 4), int))
+    with pytest.raises(ValueError, match=r"unexpected \['blocks.0.ln1.b'.*have LayerNorm weights"):
+        tm.apply_unchecked(processed_cfg, params, np.zeros((1, 4), int))
+    wide = dataclasses.replace(cfg, d_mlp=8)
+    with pytest.raises(ValueError, match=r"wrong shapes: blocks.0.mlp.W_in \(4, 16\) \(config needs \(4, 8\)\)"):
+        tm.apply_batched(wide, params, np.zeros((1, 4), int), iv.stack([iv.zero("hook_embed")]))
+
+
+def test_capture_takes_a_names_filter(small):
+    cfg, params = small
+    _, acts = tm.apply(cfg, params, np.zeros((1, 4), int), capture=lambda name: name.endswith("hook_pattern"))
+    assert list(acts) == ["blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern"]
+    with pytest.raises(TypeError, match="capture must be a site name, a sequence of site names, 'all' or a function"):
+        tm.apply(cfg, params, np.zeros((1, 4), int), capture=3)

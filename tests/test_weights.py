@@ -66,7 +66,7 @@ def test_fold_layer_norm_keeps_logits_and_activations_and_leaves_lnpre(name):
     logits, acts = _run(cfg, params)
     new_logits, new_acts = _run(new_cfg, new)
     np.testing.assert_allclose(new_logits, logits, **TOL)
-    _assert_sites_equal(acts, new_acts, skip=("hook_normalized",))
+    _assert_sites_equal(acts, new_acts, skip=("hook_normalized", "unembed.hook_in"))  # the LN output changes
     # the weights that read a normalized input are centered along d_model
     np.testing.assert_allclose(_attn(new, 0)["W_Q"].mean(axis=1), 0.0, atol=1e-6)
     np.testing.assert_allclose(new["unembed"]["W_U"].mean(axis=0), 0.0, atol=1e-6)

@@ -21,7 +21,7 @@ def tl_config(cfg: tm.ModelConfig, **extra) -> HookedTransformerConfig:
 def tl_model(cfg: tm.ModelConfig, seed: int = 0, randomize_biases: bool = True) -> HookedTransformer:
     """A HookedTransformer with random weights (and, by default, random biases
     and LayerNorm weights too, so that every parameter is exercised)."""
-    model = HookedTransformer(tl_config(cfg, seed=seed, use_attn_result=True))
+    model = HookedTransformer(tl_config(cfg, seed=seed, use_attn_result=True, use_hook_tokens=True))
     if randomize_biases:
         gen = torch.Generator().manual_seed(seed + 1)
         with torch.no_grad():

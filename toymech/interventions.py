@@ -6,9 +6,13 @@ edit is a pytree: its arrays (replacement values, directions, masks) are
 leaves and its kind is static, so
 
 * an intervention is an ordinary argument of a jitted function, and
-* interventions of the same structure stacked along a leading axis
-  (`stack`) run as one `jax.vmap`ped call (`toymech.apply_batched`): a sweep
-  over every head is one compiled program, not a Python loop.
+* interventions stacked along a leading axis (`stack`) run as one
+  `jax.vmap`ped call (`toymech.apply_batched`): a sweep over every head is
+  one compiled program, not a Python loop. The runs of a stack may edit
+  different sites with different kinds ("every head of every layer, plus
+  the residual stream at each position" is one stack): `stack` gives every
+  run every edit of the others, switched off (`Edit.active`) where the run
+  does not make it.
 
 Each edit may be restricted by masks:
   pos      bool [pos] or [batch, pos], or int index/indices: which positions
@@ -17,9 +21,15 @@ Each edit may be restricted by masks:
            attention scores/pattern only);
   feature  bool [last dim] or int index/indices: which entries of the last axis
            (for attention scores/pattern: which key positions).
-Outside the masked region the activation is left as it was. A mask that
-selects nothing (e.g. all False) leaves the site untouched, which is how a
-batched sweep over layers switches the other layers' edits off.
+Outside the masked region the activation is left as it was.
+
+Integer indices mean what they mean in numpy and TransformerLens: `pos=-1`
+is the last position, `head=-2` the last but one. `toymech.apply` and
+`apply_batched` check concrete indices against the activation's shape and
+raise a ValueError naming the site, the axis and its size for one out of
+range. Indices traced inside a user's own `jit` cannot be checked: there a
+negative index still counts from the end, but one out of range selects
+nothing (check such indices before tracing, e.g. by calling `apply` once).
 
 Weight-level ablation (zeroing a parameter, as study 2 does) is `zero_weights`,
 a params -> params function.
@@ -35,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from toymech.sites import AXES, site_layout
+from toymech.sites import AXES, axis_word, site_layout
 
 KINDS = ("zero", "mean", "patch", "project_out", "add", "scale", "fn")
 
@@ -50,23 +60,37 @@ class Edit:
     head: Any = None
     feature: Any = None
     fn: Callable | None = struct.field(pytree_node=False, default=None)
+    active: Any = None  # None, or bool []: False makes the edit a no-op (filled in by `stack`)
 
 
 @struct.dataclass
 class Intervention:
-    """Edits to apply during a forward pass: {site name: (Edit, ...)}."""
+    """Edits to apply during a forward pass: {site name: (Edit, ...)}.
+
+    n_stacked: the number of runs of a stacked intervention (see `stack`;
+    static), None for a single run. `intervention[i]` is run i of a stack.
+    """
 
     edits: dict[str, tuple[Edit, ...]]
+    n_stacked: int | None = struct.field(pytree_node=False, default=None)
 
     @property
     def sites(self) -> tuple[str, ...]:
         return tuple(self.edits)
 
+    def __getitem__(self, i) -> Intervention:
+        if self.n_stacked is None:
+            raise TypeError("this intervention is a single run (not stacked); there is nothing to index")
+        return Intervention(jax.tree.map(lambda x: x[i], self.edits))
+
 
 def _edit(kind, site, value=None, pos=None, head=None, feature=None, fn=None) -> Intervention:
     as_array = lambda a: None if a is None else jnp.asarray(a)
-    e = Edit(kind, as_array(value), as_array(pos), as_array(head), as_array(feature), fn)
-    return Intervention({site: (e,)})
+    masks = {name: as_array(m) for name, m in (("pos", pos), ("head", head), ("feature", feature))}
+    for name, m in masks.items():
+        if m is not None:
+            _check_mask(site, name, m)
+    return Intervention({site: (Edit(kind, as_array(value), fn=fn, **masks),)})
 
 
 def zero(site: str, *, pos=None, head=None, feature=None) -> Intervention:
@@ -114,39 +138,89 @@ def apply_fn(site: str, fn: Callable, *, pos=None, head=None, feature=None) -> I
 
 def combine(*interventions: Intervention | None) -> Intervention:
     """One intervention doing all of `interventions`; edits at the same site are
-    applied in the order given."""
+    applied in the order given. Stacked interventions combine only with
+    stacks of the same number of runs."""
+    given = [i for i in interventions if i is not None]
+    for i in given:
+        if not isinstance(i, Intervention):
+            raise TypeError(f"combine() takes toymech Interventions (or None), got {type(i).__name__}")
+    n_stacked = {i.n_stacked for i in given}
+    if len(n_stacked) > 1:
+        raise ValueError(
+            "combine(): cannot mix stacks of different sizes or a stack with a single run "
+            f"(runs per intervention: {[i.n_stacked or 'single' for i in given]}); combine the single "
+            "runs first and stack afterwards"
+        )
     edits: dict[str, tuple[Edit, ...]] = {}
-    for intervention in interventions:
-        if intervention is None:
-            continue
+    for intervention in given:
         for site, site_edits in intervention.edits.items():
             edits[site] = edits.get(site, ()) + tuple(site_edits)
-    return Intervention(edits)
+    return Intervention(edits, n_stacked.pop() if n_stacked else None)
+
+
+def _signature(e: Edit) -> tuple:
+    """What must agree for two edits to share one slot of a stack: kind,
+    function, and which arrays are given with what shapes and dtypes."""
+    arrays = tuple(None if a is None else (np.shape(a), jnp.result_type(a))
+                   for a in (e.value, e.pos, e.head, e.feature, e.active))
+    return e.kind, e.fn, arrays
 
 
 def stack(interventions: Sequence[Intervention]) -> Intervention:
-    """Stacks same-structure interventions along a new leading axis, for
-    `toymech.apply_batched`. All must edit the same sites with the same kinds
-    and give the same masks/values (as None or as arrays of equal shape)."""
+    """Stacks interventions along a new leading axis, one run each, for
+    `toymech.apply_batched` and the sweeps.
+
+    The runs may edit different sites, with different kinds, masks and
+    value shapes. Edits alike (same site, kind, function, and arrays of the
+    same shapes) share one slot of the stack; every run gets every slot, and
+    one a run does not use is switched off (its `active` flag is False), so
+    each run computes exactly what it would compute alone. Edits a run makes
+    at one site keep their order. Runs that all make the same edits (the
+    usual sweep) need no switches: the stack is just their arrays stacked.
+    """
+    interventions = list(interventions)
     if not interventions:
         raise ValueError("stack() needs at least one intervention")
-    first = jax.tree.structure(interventions[0])
-    for i, intervention in enumerate(interventions[1:], start=1):
-        if jax.tree.structure(intervention) != first:
-            raise ValueError(
-                f"stack(): intervention {i} has a different structure from intervention 0 "
-                f"(sites {intervention.sites} vs {interventions[0].sites}, or different kinds, or "
-                "a mask/value given in one and not the other):\n"
-                f"  0: {first}\n  {i}: {jax.tree.structure(intervention)}"
-            )
-    try:
-        return jax.tree.map(lambda *xs: jnp.stack(xs), *interventions)
-    except ValueError as err:
-        raise ValueError(f"stack(): arrays of different shapes at the same place: {err}") from None
+    for i, intervention in enumerate(interventions):
+        if not isinstance(intervention, Intervention):
+            raise TypeError(f"stack(): item {i} is a {type(intervention).__name__}, not a toymech Intervention")
+        if intervention.n_stacked is not None:
+            raise ValueError(f"stack(): item {i} is already a stack of {intervention.n_stacked} runs; "
+                             "stack single runs (a stack's run j is stacked[j])")
+    slots: dict[str, list[tuple]] = {}  # site -> the signature of each slot
+    templates: dict[tuple[str, int], Edit] = {}
+    chosen: list[dict[tuple[str, int], Edit]] = []  # per run: slot -> its edit
+    for intervention in interventions:
+        mine = {}
+        for site, edits in intervention.edits.items():
+            signatures, start = slots.setdefault(site, []), 0
+            for e in edits:  # the first free slot alike after the previous edit's keeps the order
+                sig = _signature(e)
+                j = next((j for j in range(start, len(signatures)) if signatures[j] == sig), None)
+                if j is None:
+                    signatures.append(sig)
+                    j = len(signatures) - 1
+                    templates[site, j] = e
+                mine[site, j], start = e, j + 1
+        chosen.append(mine)
+    shared = {slot for slot in templates if all(slot in mine for mine in chosen)}
+
+    def run(mine):
+        def edit(slot):
+            if slot in shared:
+                return mine[slot]
+            e = mine.get(slot, templates[slot])
+            return e.replace(active=jnp.asarray(slot in mine))
+        return {site: tuple(edit((site, j)) for j in range(len(sigs))) for site, sigs in slots.items()}
+
+    edits = jax.tree.map(lambda *xs: jnp.stack(xs), *[run(mine) for mine in chosen])
+    return Intervention(edits, len(interventions))
 
 
 def batch_size(intervention: Intervention) -> int:
     """Length of the leading axis of a stacked intervention."""
+    if intervention.n_stacked is not None:
+        return intervention.n_stacked
     sizes = {leaf.shape[0] for leaf in jax.tree.leaves(intervention) if np.ndim(leaf) > 0}
     if len(sizes) != 1:
         raise ValueError(
@@ -164,6 +238,8 @@ def apply_edits(site: str, x: jax.Array, edits: Sequence[Edit]) -> jax.Array:
     for e in edits:
         new = _edited_value(site, x, e)
         mask = _mask(site, x.shape, e)
+        if e.active is not None:
+            mask = e.active if mask is None else mask & e.active
         x = new if mask is None else jnp.where(mask, new, x)
     return x
 
@@ -218,20 +294,25 @@ def _mask(site: str, shape, e: Edit):
         m = getattr(e, kind)
         if m is None:
             continue
-        if kind not in axes:
-            raise ValueError(f"site {site} has no {kind} axis; a {kind} mask cannot be applied there")
+        _check_mask(site, kind, m)
         m = _axis_mask(site, kind, m, shape, axes[kind])
         mask = m if mask is None else mask & m
     return mask
 
 
+def _check_mask(site, kind, m):
+    if kind not in AXES[site_layout(site)]:
+        raise ValueError(f"site {site} has no {kind} axis; a {kind} mask cannot be applied there")
+    if not (m.dtype == jnp.bool_ or jnp.issubdtype(m.dtype, jnp.integer)):
+        raise ValueError(f"{kind} mask at site {site} must be bool or int indices, got dtype {m.dtype}")
+
+
 def _axis_mask(site, kind, m, shape, axis):
     n = shape[axis]
     rank = len(shape)
-    if jnp.issubdtype(m.dtype, jnp.integer):  # indices -> bool [n]
-        m = (jnp.arange(n)[:, None] == jnp.reshape(m, (1, -1))).any(axis=1)
-    elif m.dtype != jnp.bool_:
-        raise ValueError(f"{kind} mask at site {site} must be bool or int indices, got {m.dtype}")
+    if jnp.issubdtype(m.dtype, jnp.integer):  # indices -> bool [n]; negative ones count from the end
+        m = jnp.reshape(m, (1, -1))
+        m = (jnp.arange(n)[:, None] == jnp.where(m < 0, m + n, m)).any(axis=1)
     if m.ndim == 1 and m.shape[0] == n:
         return m.reshape([n if i == axis else 1 for i in range(rank)])
     if kind == "pos" and m.ndim == 2 and m.shape == (shape[0], n):  # [batch, pos]
@@ -241,6 +322,31 @@ def _axis_mask(site, kind, m, shape, axis):
         f"{kind} mask at site {site} has shape {tuple(m.shape)}; expected {expected} "
         f"for an activation of shape {tuple(shape)}"
     )
+
+
+def check_indices(intervention: Intervention, site_shape: Callable[[str], tuple[int, ...]]) -> None:
+    """Host-side check of an intervention's integer indices against the
+    shapes of the activations they index (`site_shape(site)`, e.g. from
+    `toymech.sites.site_shape`): raises ValueError naming the site, the axis
+    and its size for an index outside [-size, size). Indices that are
+    tracers (inside a user's jit) are not checked: there, a negative index
+    still counts from the end, and one out of range selects nothing."""
+    for site, edits in intervention.edits.items():
+        layout = site_layout(site)
+        shape = site_shape(site)
+        for e in edits:
+            for kind in ("pos", "head", "feature"):
+                m = getattr(e, kind)
+                if m is None or isinstance(m, jax.core.Tracer) or not jnp.issubdtype(m.dtype, jnp.integer):
+                    continue
+                n = shape[AXES[layout][kind]]
+                m = np.asarray(m)
+                bad = (m < -n) | (m >= n)
+                if bad.any():
+                    raise ValueError(
+                        f"{e.kind} at site {site}: {kind} index {m[bad].flat[0]} is out of range for the "
+                        f"{axis_word(layout, kind)} axis of size {n} (valid indices: {-n}..{n - 1})"
+                    )
 
 
 # --- weight-level ablation --------------------------------------------------

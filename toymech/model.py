@@ -41,8 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from toymech import interventions as iv
+from toymech.cache import ActivationCache
 from toymech.config import ModelConfig
-from toymech.sites import check_sites, site_names
+from toymech.sites import check_sites, site_names, site_shape
 
 ACT_FNS = {
     "relu": jax.nn.relu,
@@ -284,6 +285,7 @@ class Transformer(nn.Module):
     @nn.compact
     def __call__(self, tokens, sites: _Sites, key_mask=None, positions=None):  # tokens int [b, p]
         c = self.cfg
+        tokens = sites("hook_tokens", tokens)  # capture only (check_inputs refuses edits)
         W_E = Embed(c, name="embed")()  # [v, d]
         W_pos = PosEmbed(c, name="pos_embed")()[: tokens.shape[1]]  # [p, d]
         embed = sites("hook_embed", W_E[tokens])  # [b, p, d]
@@ -296,7 +298,7 @@ class Transformer(nn.Module):
                 resid, sites, key_mask, positions if last else None, first if layer == 0 else None)
         if c.normalization_type:
             resid = LayerNorm(c, name="ln_final")(resid, sites, "ln_final")
-        return Unembed(c, name="unembed")(resid)  # [b, q, v]
+        return Unembed(c, name="unembed")(sites("unembed.hook_in", resid))  # [b, q, v]
 
 
 def _project_tables(cfg: ModelConfig, sites: _Sites, shape) -> bool:
@@ -352,7 +354,7 @@ def _forward(cfg, params, tokens, intervention, capture, key_padding_mask, fixed
     sites = _Sites(intervention, capture)
     positions = fixed_positions if row_positions is None else row_positions
     logits = Transformer(cfg).apply({"params": params}, tokens, sites, key_padding_mask, positions)
-    return logits, sites.captured
+    return logits, ActivationCache(cfg, sites.captured)
 
 
 _forward_jit = jax.jit(_forward, static_argnums=(0, 4, 6))
@@ -371,7 +373,7 @@ def position_restricted_sites(cfg: ModelConfig) -> tuple[str, ...]:
     b = f"blocks.{cfg.n_layers - 1}"
     whole = {f"{b}.hook_resid_pre", f"{b}.ln1.hook_scale", f"{b}.ln1.hook_normalized", f"{b}.attn.hook_k",
              f"{b}.attn.hook_v"}
-    return tuple(n for n in site_names(cfg) if (n.startswith(f"{b}.") or n.startswith("ln_final.")) and n not in whole)
+    return tuple(n for n in site_names(cfg) if n.startswith((f"{b}.", "ln_final.", "unembed.")) and n not in whole)
 
 
 def output_positions_for(cfg: ModelConfig, positions, *, capture=(), intervention=None):
@@ -433,21 +435,44 @@ def _resolve_capture(cfg: ModelConfig, capture) -> tuple[str, ...]:
         return ()
     if isinstance(capture, str):
         capture = site_names(cfg) if capture == "all" else (capture,)
+    elif callable(capture):  # a names filter, as TransformerLens's names_filter
+        capture = tuple(name for name in site_names(cfg) if capture(name))
+    elif not isinstance(capture, (tuple, list, set, frozenset)):
+        raise TypeError(
+            f"capture must be a site name, a sequence of site names, 'all' or a function name -> bool, "
+            f"got {type(capture).__name__}"
+        )
     capture = tuple(capture)
     check_sites(cfg, capture, "capture")
     return capture
 
 
-def check_inputs(cfg: ModelConfig, tokens, intervention, key_padding_mask, check_values: bool):
-    """Validates a forward pass's inputs at the boundary: shapes and site names
-    always, token values when concrete and `check_values`. Raises ValueError."""
+def check_inputs(cfg: ModelConfig, tokens, intervention, key_padding_mask, check_values: bool,
+                 batched: bool = False):
+    """Validates a forward pass's inputs at the boundary: shapes, site names
+    and the range of concrete integer intervention indices always, token
+    values when concrete and `check_values`; with `batched`, that the
+    intervention is a stack (else that it is not). Raises ValueError."""
+    tokens = _as_tokens(tokens)
+    if batched and intervention is None:
+        raise ValueError("apply_batched needs a stacked intervention (interventions.stack); for one run use apply")
     if intervention is not None:
         if not isinstance(intervention, iv.Intervention):
             raise TypeError(f"intervention must be a toymech Intervention, got {type(intervention).__name__}")
         check_sites(cfg, intervention.sites, "intervention site")
+        if "hook_tokens" in intervention.edits:
+            raise ValueError("hook_tokens can be captured but not edited: pass the tokens you want to run")
+        if batched:
+            iv.batch_size(intervention)
+        elif intervention.n_stacked is not None and not _traced(intervention):
+            raise ValueError(
+                f"this intervention is a stack of {intervention.n_stacked} runs (interventions.stack): run "
+                "them all with toymech.apply_batched, or one of them with intervention=stacked[i]"
+            )
     shape = np.shape(tokens)
     if len(shape) != 2:
-        raise ValueError(f"tokens must be an int array [batch, pos], got shape {shape}")
+        hint = " (for one sequence, pass tokens[None] or [tokens])" if len(shape) == 1 else ""
+        raise ValueError(f"tokens must be an int array [batch, pos], got shape {shape}{hint}")
     if not jnp.issubdtype(jnp.result_type(tokens), jnp.integer):
         raise ValueError(f"tokens must be integers, got dtype {jnp.result_type(tokens)}")
     if shape[1] > cfg.n_ctx:
@@ -456,6 +481,8 @@ def check_inputs(cfg: ModelConfig, tokens, intervention, key_padding_mask, check
         raise ValueError(
             f"key_padding_mask must have the tokens' shape {shape}, got {np.shape(key_padding_mask)}"
         )
+    if intervention is not None:
+        iv.check_indices(intervention, lambda site: site_shape(cfg, site, shape[0], shape[1]))
     if check_values and not isinstance(tokens, jax.core.Tracer):
         t = np.asarray(tokens)
         bad = (t < 0) | (t >= cfg.d_vocab)
@@ -465,6 +492,70 @@ def check_inputs(cfg: ModelConfig, tokens, intervention, key_padding_mask, check
                 f"token {t[b, p]} at [batch {b}, pos {p}] is outside the vocabulary [0, {cfg.d_vocab}) "
                 f"({int(bad.sum())} out-of-range tokens in all)"
             )
+    return tokens
+
+
+def _as_tokens(tokens):
+    """Python lists/tuples of token ids -> a numpy array (one-line errors)."""
+    if not isinstance(tokens, (list, tuple)):
+        return tokens
+    try:
+        array = np.asarray(tokens)
+    except ValueError:
+        raise ValueError(
+            "tokens: a Python list whose rows have different lengths; pad it into an int array "
+            "[batch, pos] (and pass key_padding_mask to mark the padding)"
+        ) from None
+    if array.dtype == object or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"tokens: a Python list that is not all integer token ids (numpy reads it as "
+                         f"{array.dtype}); pass an int array [batch, pos]")
+    return array
+
+
+@functools.lru_cache(maxsize=None)
+def _param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    params = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+    return {name: leaf.shape for name, leaf in flatten_params(params).items()}
+
+
+def check_params(cfg: ModelConfig, params) -> None:
+    """Raises ValueError unless `params` has exactly the parameters (names
+    and shapes) of a model with config `cfg`, saying what differs."""
+    want = _param_shapes(cfg)
+    try:
+        got = {name: np.shape(leaf) for name, leaf in flatten_params(params).items()}
+    except (AttributeError, TypeError):
+        raise TypeError(f"params must be the nested dict of init_params, got {type(params).__name__}") from None
+    if got == want:
+        return
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    wrong = [f"{n} {got[n]} (config needs {want[n]})" for n in sorted(set(got) & set(want)) if got[n] != want[n]]
+    parts = [f"missing {missing}"] * bool(missing) + [f"unexpected {extra}"] * bool(extra)
+    parts += [f"wrong shapes: {', '.join(wrong)}"] * bool(wrong)
+    message = "params do not fit this model config: " + "; ".join(parts)
+    ln = lambda names: names and all(n.split(".")[-2].startswith("ln") for n in names)
+    if ln(missing) and not extra and not wrong:
+        message += (f". The config has normalization_type={cfg.normalization_type!r} but the params have no LayerNorm "
+                    "weights: params from toymech.weights.process_weights go with the config it returned "
+                    "(cfg, params = process_weights(cfg, params))")
+    elif ln(extra) and not missing and not wrong:
+        message += (f". The config has normalization_type={cfg.normalization_type!r} but the params have LayerNorm "
+                    "weights: use the config these params were made with")
+    raise ValueError(message)
+
+
+def _traced(tree) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree))
+
+
+def _checked(cfg, params, tokens, intervention, capture, key_padding_mask, output_positions, check_values,
+             batched=False):
+    """The checks of `apply` and its siblings: (tokens, capture, positions) to run with."""
+    tokens = check_inputs(cfg, tokens, intervention, key_padding_mask, check_values=check_values, batched=batched)
+    check_params(cfg, params)
+    capture = _resolve_capture(cfg, capture)
+    positions = _resolve_positions(cfg, output_positions, np.shape(tokens), _used_sites(intervention, capture))
+    return tokens, capture, positions
 
 
 def _used_sites(intervention, capture) -> tuple[str, ...]:
@@ -473,13 +564,18 @@ def _used_sites(intervention, capture) -> tuple[str, ...]:
 
 def apply(cfg: ModelConfig, params: dict, tokens, *, intervention=None, capture=(), key_padding_mask=None,
           output_positions=None):
-    """Runs the model: returns (logits [batch, pos, d_vocab_out], {site: activation}).
+    """Runs the model: returns (logits [batch, pos, d_vocab_out], cache).
+
+    The cache (`toymech.cache.ActivationCache`) maps the captured site names
+    to their activations, in forward order; it also takes short keys
+    (`cache["pattern", 0]`) and is a pytree.
 
     Args:
       cfg, params: the model.
       tokens: int [batch, pos], values in [0, d_vocab), pos <= n_ctx (checked).
       intervention: a `toymech.interventions.Intervention`, or None.
-      capture: site names to return (see `toymech.site_names(cfg)`), or "all".
+      capture: site names to return (see `toymech.site_names(cfg)`), "all", or a
+        names filter (a function site name -> bool, as TransformerLens's names_filter).
       key_padding_mask: bool [batch, pos], True for real tokens; padded keys
         get zero attention (in causal and bidirectional models).
       output_positions: compute logits only at these positions (exact there):
@@ -494,18 +590,16 @@ def apply(cfg: ModelConfig, params: dict, tokens, *, intervention=None, capture=
     token values are only checked when they are concrete (use `apply_unchecked`
     to skip).
     """
-    check_inputs(cfg, tokens, intervention, key_padding_mask, check_values=True)
-    capture = _resolve_capture(cfg, capture)
-    positions = _resolve_positions(cfg, output_positions, np.shape(tokens), _used_sites(intervention, capture))
+    tokens, capture, positions = _checked(cfg, params, tokens, intervention, capture, key_padding_mask,
+                                          output_positions, check_values=True)
     return _forward_jit(cfg, params, tokens, intervention, capture, key_padding_mask, *positions)
 
 
 def apply_unchecked(cfg: ModelConfig, params: dict, tokens, *, intervention=None, capture=(), key_padding_mask=None,
                     output_positions=None):
     """`apply` without the token-value check, for hot loops over validated data."""
-    check_inputs(cfg, tokens, intervention, key_padding_mask, check_values=False)
-    capture = _resolve_capture(cfg, capture)
-    positions = _resolve_positions(cfg, output_positions, np.shape(tokens), _used_sites(intervention, capture))
+    tokens, capture, positions = _checked(cfg, params, tokens, intervention, capture, key_padding_mask,
+                                          output_positions, check_values=False)
     return _forward_jit(cfg, params, tokens, intervention, capture, key_padding_mask, *positions)
 
 
@@ -515,8 +609,6 @@ def apply_batched(cfg: ModelConfig, params: dict, tokens, intervention, *, captu
     vmapped call: returns logits [n, batch, pos, d_vocab_out] (pos: the
     `output_positions` when given, as in `apply`) and activations with the same
     leading axis n (see `toymech.interventions.stack`)."""
-    check_inputs(cfg, tokens, intervention, key_padding_mask, check_values=True)
-    iv.batch_size(intervention)
-    capture = _resolve_capture(cfg, capture)
-    positions = _resolve_positions(cfg, output_positions, np.shape(tokens), _used_sites(intervention, capture))
+    tokens, capture, positions = _checked(cfg, params, tokens, intervention, capture, key_padding_mask,
+                                          output_positions, check_values=True, batched=True)
     return _forward_batched(cfg, params, tokens, intervention, capture, key_padding_mask, *positions)

@@ -14,6 +14,11 @@ can restrict themselves to positions, heads or features:
   'pattern' [batch, head, q_pos, k_pos] attention scores and pattern; the
                                        "pos" of a mask is the query position and
                                        the "feature" is the key position
+  'tokens'  [batch, pos]               hook_tokens, the input token ids (capture only)
+
+Like TransformerLens's `use_attn_result` / `use_hook_tokens` options,
+`attn.hook_result` and `hook_tokens` cost nothing unless captured (or edited);
+`unembed.hook_in` is the final residual stream as the unembedding reads it.
 """
 
 from __future__ import annotations
@@ -27,10 +32,14 @@ AXES = {
     "resid": {"pos": 1, "feature": 2},
     "head": {"pos": 1, "head": 2, "feature": 3},
     "pattern": {"head": 1, "pos": 2, "feature": 3},
+    "tokens": {"pos": 1},
 }
 
 _HEAD_SITES = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result")
 _PATTERN_SITES = ("hook_attn_scores", "hook_pattern")
+# Per-head sites whose last axis is d_model (the rest have d_head); the split-input sites of
+# issue 10 are listed so their index checks know their width once they exist.
+_HEAD_RESID_SITES = ("hook_result", "hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input")
 
 
 def _ln_sites(prefix: str, cfg: ModelConfig) -> list[str]:
@@ -41,7 +50,7 @@ def _ln_sites(prefix: str, cfg: ModelConfig) -> list[str]:
 
 def site_names(cfg: ModelConfig) -> tuple[str, ...]:
     """Every site of a model with this config, in forward-pass order."""
-    names = ["hook_embed", "hook_pos_embed"]
+    names = ["hook_tokens", "hook_embed", "hook_pos_embed"]
     for layer in range(cfg.n_layers):
         b = f"blocks.{layer}"
         names.append(f"{b}.hook_resid_pre")
@@ -55,17 +64,52 @@ def site_names(cfg: ModelConfig) -> tuple[str, ...]:
             names += [f"{b}.mlp.hook_pre", f"{b}.mlp.hook_post", f"{b}.hook_mlp_out"]
         names.append(f"{b}.hook_resid_post")
     names += _ln_sites("ln_final", cfg)
+    names.append("unembed.hook_in")
     return tuple(names)
 
 
 def site_layout(name: str) -> str:
-    """The layout ('resid', 'head' or 'pattern') of the site called `name`."""
+    """The layout ('resid', 'head', 'pattern' or 'tokens') of the site called `name`."""
+    if name == "hook_tokens":
+        return "tokens"
     last = name.rsplit(".", 1)[-1]
     if last in _HEAD_SITES:
         return "head"
     if last in _PATTERN_SITES:
         return "pattern"
     return "resid"
+
+
+_AXIS_WORDS = {
+    "resid": {"pos": "position", "feature": "feature (last)"},
+    "head": {"pos": "position", "head": "head", "feature": "feature (last)"},
+    "pattern": {"pos": "query position", "head": "head", "feature": "key position"},
+    "tokens": {"pos": "position"},
+}
+
+
+def axis_word(layout: str, kind: str) -> str:
+    """What a `kind` mask ('pos', 'head', 'feature') indexes at a site of
+    `layout`, in words: 'position', 'query position', 'key position', ..."""
+    return _AXIS_WORDS[layout][kind]
+
+
+def site_shape(cfg: ModelConfig, name: str, batch: int, n_pos: int) -> tuple[int, ...]:
+    """The shape of site `name`'s activation in a forward pass over tokens
+    [batch, n_pos] (a site of `cfg`, see `check_sites`)."""
+    last = name.rsplit(".", 1)[-1]
+    layout = site_layout(name)
+    if name == "hook_tokens":
+        return (batch, n_pos)
+    if layout == "pattern":
+        return (batch, cfg.n_heads, n_pos, n_pos)
+    if layout == "head":
+        return (batch, n_pos, cfg.n_heads, cfg.d_model if last in _HEAD_RESID_SITES else cfg.d_head)
+    if last == "hook_scale":
+        return (batch, n_pos, 1)
+    if name.startswith("blocks.") and ".mlp." in name:
+        return (batch, n_pos, cfg.d_mlp)
+    return (batch, n_pos, cfg.d_model)
 
 
 def check_sites(cfg: ModelConfig, names, what: str = "site") -> None:

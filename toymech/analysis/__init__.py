@@ -13,8 +13,9 @@ Model-dependent:
   attribution  residual-stream decompositions, LN scaling of stacks, direct logit attribution per
                component and per path (component -> head), logit differences
   circuits     FactoredMatrix (products, SVD, norms without the full matrix); QK / OV circuits
+  stacked      TransformerLens's stacked weight views (W_Q [layer, head, d, e], ..., QK, OV) from params
   sweeps       ablation (zero / mean / resample) and activation-patching sweeps as one compiled call
 """
 
 from toymech.analysis import fourier, linalg, probes, progress, views
-from toymech.analysis import attribution, circuits, sweeps
+from toymech.analysis import attribution, circuits, stacked, sweeps

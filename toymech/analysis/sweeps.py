@@ -240,8 +240,7 @@ def intervention_sweep(cfg: ModelConfig, params: dict, tokens, interventions: iv
     """metric(logits) for each intervention of a stacked batch
     (`interventions.stack`): [n, *metric shape], in one compiled call that
     returns only the metric values."""
-    check_inputs(cfg, tokens, interventions, key_padding_mask, check_values=True)
-    iv.batch_size(interventions)
+    check_inputs(cfg, tokens, interventions, key_padding_mask, check_values=True, batched=True)
     return _run_interventions(cfg, params, jnp.asarray(tokens), key_padding_mask, _as_metric(metric),
                               interventions, chunk_size=_chunk(chunk_size, np.shape(tokens)))
 
