@@ -11,20 +11,14 @@ and its modules:
   analysis       probes, fits, Fourier, attribution, sweeps, progress measures
 """
 
-from toymech import analysis, interop, interventions, train, weights
+# Bottom-up, as the layers run (BUILD.md): the core first, then the modules built on it.
 from toymech.config import ModelConfig
-from toymech.model import (
-    Transformer,
-    apply,
-    apply_batched,
-    apply_unchecked,
-    flatten_params,
-    init_params,
-    output_positions_for,
-    position_restricted_sites,
-    unflatten_params,
-)
 from toymech.sites import get_act_name, site_names
+from toymech.params import flatten_params, unflatten_params
+from toymech.model import (Transformer, apply, apply_batched, apply_unchecked, init_params, output_positions_for,
+                           position_restricted_sites)
+from toymech import interventions, weights, interop, train
+from toymech import analysis
 
 __all__ = [
     "ModelConfig",

@@ -42,7 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from toymech.config import ModelConfig
-from toymech.model import flatten_params, init_params, unflatten_params
+from toymech.model import init_params
+from toymech.params import flatten_params, unflatten_params
 
 # torch storage class name -> numpy dtype of its elements.
 _STORAGE_DTYPES = {

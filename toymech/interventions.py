@@ -21,8 +21,8 @@ Outside the masked region the activation is left as it was. A mask that
 selects nothing (e.g. all False) leaves the site untouched, which is how a
 batched sweep over layers switches the other layers' edits off.
 
-Weight-level ablation (zeroing a parameter, as study 2 does) is `zero_weights`,
-a params -> params function.
+Weight-level ablation (zeroing a parameter, as study 2 does) is
+`toymech.weights.zero_weights`, a params -> params function.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from toymech import projections
 from toymech.sites import AXES, site_layout
 
 KINDS = ("zero", "mean", "patch", "project_out", "add", "scale", "fn")
@@ -205,9 +206,7 @@ def _project_out(site, x, directions):
             f"project_out at site {site}: directions must have shape [d] or [k, d] with "
             f"d = {x.shape[-1]} (the site's last axis), got {tuple(directions.shape)}"
         )
-    from toymech.analysis.linalg import project_out  # lazy: the analysis package imports the model
-
-    return project_out(x, directions.astype(x.dtype))  # handles linearly dependent directions
+    return projections.project_out(x, directions.astype(x.dtype))  # handles linearly dependent directions
 
 
 def _mask(site: str, shape, e: Edit):
@@ -241,26 +240,3 @@ def _axis_mask(site, kind, m, shape, axis):
         f"{kind} mask at site {site} has shape {tuple(m.shape)}; expected {expected} "
         f"for an activation of shape {tuple(shape)}"
     )
-
-
-# --- weight-level ablation --------------------------------------------------
-
-
-def zero_weights(params, *names: str, head: int | None = None):
-    """Returns params with the named weights (TransformerLens names, e.g.
-    'blocks.0.mlp.W_out') set to zero; `head` restricts per-head weights
-    (W_Q/W_K/W_V/W_O, b_Q/b_K/b_V) to that head's slice."""
-    from toymech.model import flatten_params, unflatten_params
-
-    flat = dict(flatten_params(params))
-    for name in names:
-        if name not in flat:
-            raise ValueError(f"zero_weights: no parameter named {name!r}; parameters are {sorted(flat)}")
-        w = flat[name]
-        if head is None:
-            flat[name] = jnp.zeros_like(w)
-        elif name.rsplit(".", 1)[-1] in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V"):
-            flat[name] = w.at[head].set(0)
-        else:
-            raise ValueError(f"zero_weights: {name} has no head axis; drop head={head}")
-    return unflatten_params(flat)

@@ -34,6 +34,7 @@ from toymech import experiment, plots, train
 from toymech.config import ModelConfig
 from toymech.report import Report
 from toymech.studies import grokking_addition, grokking_modular
+from toymech.studies.common import config_section, first_epoch_at_least
 from toymech.tasks import grokking as gk
 
 
@@ -97,12 +98,6 @@ def metrics_rows(run: TrainedRun) -> list[dict]:
         rows.append({"step": int(epoch), "train/loss": th["loss"][j], "train/accuracy": th["accuracy"][j],
                      "test/loss": eh["loss"][i], "test/accuracy": eh["accuracy"][i], "lr": th["lr"][j]})
     return rows
-
-
-def first_epoch_at_least(epochs: np.ndarray, values: np.ndarray, level: float) -> int | None:
-    """The first epoch whose value is >= level, or None."""
-    hit = np.flatnonzero(np.asarray(values) >= level)
-    return int(epochs[hit[0]]) if hit.size else None
 
 
 def training_summary(run: TrainedRun) -> dict:
@@ -214,12 +209,6 @@ def summary_section(h: dict, rep: Report) -> None:
                   f"{float(h['pre_relu_poly2_mean_r2']):.3f}); the top two PCs of W_L's columns hold "
                   f"{pct(h['W_L_top2_pc_variance_ratio'])} of their variance.")
     sec.text(words)
-
-
-def config_section(config, rep: Report) -> None:
-    sec = rep.section("Configuration")
-    flat = experiment.flatten_config(experiment.config_to_dict(config))
-    sec.table(["field", "value"], [[k, v] for k, v in flat.items()], caption="The run's config (config.json)")
 
 
 def train_and_evaluate(config, workdir) -> dict:

@@ -11,7 +11,7 @@ Analyses of the final model (all p*p inputs, `=` position):
                       a neuron joins a frequency's cluster at >= `neuron_cluster_threshold`
   W_logit             W_out W_U in the Fourier basis over the outputs, overall and per cluster
   logit periodicity   the logits over (a, b, c) fitted by sum_k coeff_k cos(w_k (a + b - c))
-and over every parameter snapshot (`toymech.analysis.progress.grokking_progress`):
+and over every parameter snapshot (`toymech.tasks.grokking.grokking_progress`):
   cosine coefficients per frequency, restricted loss (key frequencies only, test
   rows), excluded loss (key frequencies removed, train rows), sum of squared weights,
   Gini of the embedding's and W_logit's Fourier norms, and the three phases detected
@@ -61,7 +61,7 @@ class Measures:
     """Progress measures over the snapshots (numpy, leading axis [S]) and what is derived from them."""
 
     epochs: np.ndarray
-    measures: progress.ProgressMeasures
+    measures: gk.ProgressMeasures
     key_freqs: tuple[int, ...]
     phases: dict[str, int]
     phase_rules: dict[str, str]
@@ -128,7 +128,7 @@ def progress_measures(run) -> Measures:
     p, an = run.task.p, run.config.analysis
     keys = key_frequencies(run.params, p, float(an.key_frequency_fraction))
     stacked = jax.tree.map(jnp.asarray, run.snapshots)
-    m = _np_tree(progress.grokking_progress(run.cfg, stacked, run.data, keys))
+    m = _np_tree(gk.grokking_progress(run.cfg, stacked, run.data, keys))
     phases, rules = detect_phases(run.snapshot_epochs, m.test_loss, m.excluded_loss, p,
                                   float(an.cleanup_test_loss))
     return Measures(np.asarray(run.snapshot_epochs), m, keys, phases, rules)
@@ -146,7 +146,7 @@ def final_model_arrays(cfg, params, p: int, keys: tuple[int, ...]) -> dict:
     [p*p, p]; scalars otherwise.
     """
     W_E = params["embed"]["W_E"][:p]  # [p, d]
-    grid = progress.grid_forward(cfg, params, p)
+    grid = gk.grid_forward(cfg, params, p)
     acts = grid.post.reshape(p, p, -1)  # [a, b, m]
     W_logit = progress.neuron_logit_map(params)  # [m, p]
     labels = jnp.asarray(gk.labels(gk.AdditionTask(p)))
@@ -327,7 +327,7 @@ def analyze(run, meas: Measures, wd: Workdir, rep: Report) -> dict:
     # ---------------------------------------------------------------- progress measures
     e, m = meas.epochs, meas.measures
     sec = rep.section("Progress measures over training")
-    sec.text("Every snapshot's measures, computed in one jitted call (toymech.analysis.progress). Restricted loss: "
+    sec.text("Every snapshot's measures, computed in one jitted call (toymech.tasks.grokking.grokking_progress). Restricted loss: "
              "test loss of the model with its neuron activations reduced to the mean plus their components "
              "along cos/sin(w_k(a+b)) for the key frequencies of the final model (logit bias-corrected as in the "
              "notebook). Excluded loss: train loss with those components removed. Phase boundaries (dashed) are "

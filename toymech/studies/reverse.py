@@ -10,7 +10,7 @@
    notebook's `evaluate_model` does;
 3. writes metrics.jsonl (one row per epoch: loss, lr, train and holdout accuracy);
 4. analyses the final model on the holdout sequences:
-   * weight ablations (`interventions.zero_weights`): layer-0 MLP W_out, layer-1
+   * weight ablations (`weights.zero_weights`): layer-0 MLP W_out, layer-1
      MLP W_out, layer-0 attention W_O (the notebook's three) and layer-1 attention
      W_O, all scored in one vmapped call over the stacked parameter sets;
    * cosine similarity of the final residual stream at the output positions with
@@ -46,12 +46,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import toymech as tm
-from toymech import experiment, plots, train
-from toymech import interventions as iv
+from toymech import experiment, plots, train, weights
 from toymech.analysis import linalg
 from toymech.config import ModelConfig
 from toymech.report import Report
-from toymech.studies.grokking import config_section, first_epoch_at_least
+from toymech.studies.common import config_section, first_epoch_at_least
 from toymech.tasks import reverse as rv
 
 INTRO = (
@@ -188,7 +187,7 @@ def weight_ablations(cfg: ModelConfig, params: dict, sequences: np.ndarray, name
     """Accuracy per output position with no ablation (row 0) and with each weight in
     `names` zeroed (rows 1..): [1 + len(names), 8], one vmapped call over the stacked
     parameter sets."""
-    variants = [params] + [iv.zero_weights(params, name) for name in names]
+    variants = [params] + [weights.zero_weights(params, name) for name in names]
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *variants)
     return np.asarray(_position_accuracy(cfg, stacked, jnp.asarray(sequences)))
 
@@ -307,7 +306,7 @@ def analyze(run: TrainedRun, wd: experiment.Workdir, rep: Report) -> dict:
     f = plots.bars(wd.figure_path("weight_ablations"), list(names), {"toymech": overall, "notebook": ref},
                    title="Holdout accuracy with one weight matrix zeroed", ylabel="accuracy")
     sec.figure(wd.relative(f), "Holdout accuracy over the output tokens after zeroing each weight matrix "
-               "(interventions.zero_weights); the notebook did not ablate layer-1 attention W_O. Chance is 25%.")
+               "(weights.zero_weights); the notebook did not ablate layer-1 attention W_O. Chance is 25%.")
     f = plots.heatmap(wd.figure_path("weight_ablations_by_position"), acc, vmin=0, vmax=1, annotate=True,
                       origin_lower=False, xlabel="output token", ylabel="zeroed weight",
                       xticks=(list(range(rv.N_DIGITS)), out_labels), yticks=(list(range(len(names))), list(names)),

@@ -41,7 +41,7 @@ from toymech import checkpoint, experiment, interop, plots, train, weights
 from toymech.config import ModelConfig
 from toymech.report import Report
 from toymech.studies import sum_digits_analysis as analysis
-from toymech.studies.grokking import config_section, first_epoch_at_least
+from toymech.studies.common import config_section, first_epoch_at_least
 from toymech.tasks import sum_digits as sd
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

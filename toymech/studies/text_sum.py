@@ -50,7 +50,7 @@ from toymech import interventions as iv
 from toymech.analysis import linalg, probes, sweeps
 from toymech.config import ModelConfig
 from toymech.report import Report
-from toymech.studies.grokking import config_section
+from toymech.studies.common import config_section
 from toymech.tasks import text_sum as ts
 
 INTRO = (
