@@ -118,3 +118,15 @@ def test_the_checker_tells_up_from_down(module, target, ok, tmp_path):
     path = tmp_path / "planted.py"
     path.write_text(f"import {target}\n")
     assert (not list(_violations({module: path}))) == ok
+
+
+def test_help_shows_the_api_first():
+    """help(toymech): the curated surface, not the Flax Module's inherited methods."""
+    import pydoc
+
+    import toymech
+
+    text = pydoc.render_doc(toymech, renderer=pydoc.plaintext)
+    assert len(text.splitlines()) < 400 and "flax.linen" not in text
+    assert text.index("The core:") < text.index("CLASSES") < text.index("FUNCTIONS") < text.index("    init_params(cfg")
+    assert all(hasattr(toymech, name) for name in toymech.__all__)
