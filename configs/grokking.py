@@ -14,7 +14,8 @@ and Adam's slingshots amplify it.) The report is /tmp/grokking/report.html;
 results.json has every number ('headline': grokking epoch, final test accuracy, key
 frequencies, phase boundaries).
 
-Variants (`--config=configs/grokking.py:VARIANT`):
+Variants (`--config=configs/grokking.py:VARIANT[,VARIANT...][,field=value...]`, applied left
+to right, e.g. `:addition,quick` or `:nanda,num_epochs=5000`):
 
   (default)  p = 59, frac_train 0.3, AdamW lr 3e-3, weight decay 3.0, 4,000 epochs,
              snapshots every 50. Chosen by real runs on a 2-core CPU: the plateau
@@ -28,8 +29,8 @@ Variants (`--config=configs/grokking.py:VARIANT`):
              (grokking). Minutes on a GPU; hours on a 2-core CPU.
   addition   the notebook's plain addition of 0..9 (p = 10, labels a + b,
              frac_train 0.72, 10,000 epochs, lr 1e-3, wd 1.0); a few minutes on CPU.
-  quick      tiny modular run (p = 23, 300 epochs) for tests: seconds.
-  addition_quick  tiny plain-addition run (1,000 epochs) for tests: seconds.
+  quick      tiny, for tests (seconds): modular at p = 23 for 300 epochs; after
+             `addition` (`:addition,quick`), plain addition for 1,000 epochs.
 
 Any field can be overridden, e.g. `--config.num_epochs=2000 --config.optimizer.lr=1e-3`.
 Shared by every variant: 1 layer, 4 heads, d_model 128, d_head 32, d_mlp 512, ReLU,
@@ -39,11 +40,11 @@ seed 598 (numpy permutation, see toymech.tasks.grokking), model seed 999.
 
 import ml_collections
 
-VARIANTS = ("default", "nanda", "addition", "quick", "addition_quick")
-
+from toymech.experiment import build_config
 
 def _base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.study = "grokking"
     c.variant = "default"
     c.task = "modular"  # 'modular': (a + b) mod p | 'plain': a + b
     c.p = 59
@@ -72,24 +73,30 @@ def _base() -> ml_collections.ConfigDict:
     return c
 
 
-def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-    """The config of `variant` (None or '' is 'default'); see the module docstring."""
-    variant = variant or "default"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown grokking variant {variant!r}; choose one of {VARIANTS}")
-    c = _base()
-    c.variant = variant
-    if variant == "nanda":
-        c.p, c.frac_train, c.num_epochs = 113, 0.3, 25_000
-        c.optimizer.lr, c.optimizer.weight_decay = 1e-3, 1.0
-        c.eval_every, c.snapshot_every, c.checkpoint_every, c.log_every = 100, 100, 1000, 500
-    elif variant in ("addition", "addition_quick"):
-        c.task, c.p, c.frac_train, c.num_epochs = "plain", 10, 0.72, 10_000
-        c.optimizer.lr, c.optimizer.weight_decay = 1e-3, 1.0
-        c.eval_every, c.snapshot_every, c.checkpoint_every, c.log_every = 100, 100, 1000, 1000
-        if variant == "addition_quick":
-            c.num_epochs, c.checkpoint_every, c.log_every = 1000, 500, 500
-    elif variant == "quick":
+def _nanda(c) -> None:
+    c.p, c.frac_train, c.num_epochs = 113, 0.3, 25_000
+    c.optimizer.lr, c.optimizer.weight_decay = 1e-3, 1.0
+    c.eval_every, c.snapshot_every, c.checkpoint_every, c.log_every = 100, 100, 1000, 500
+
+
+def _addition(c) -> None:
+    c.task, c.p, c.frac_train, c.num_epochs = "plain", 10, 0.72, 10_000
+    c.optimizer.lr, c.optimizer.weight_decay = 1e-3, 1.0
+    c.eval_every, c.snapshot_every, c.checkpoint_every, c.log_every = 100, 100, 1000, 1000
+
+
+def _quick(c) -> None:
+    """Tiny, for the tests: plain addition for 1,000 epochs, modular addition at p = 23."""
+    if c.task == "plain":
+        c.num_epochs, c.checkpoint_every, c.log_every = 1000, 500, 500
+    else:
         c.p, c.frac_train, c.num_epochs = 23, 0.5, 300
         c.eval_every, c.snapshot_every, c.checkpoint_every, c.log_every = 10, 50, 150, 100
-    return c
+
+
+VARIANTS = {"nanda": _nanda, "addition": _addition, "quick": _quick}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config for `arg`: variants and field=value overrides, comma-separated (see the docstring)."""
+    return build_config(_base, VARIANTS, arg, study="grokking")

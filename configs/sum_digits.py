@@ -11,11 +11,13 @@ the processed model gives mean cross-entropy 0.007 and probability 0.993 / 0.996
 which the report sets beside them; then W_U's circle of digits, the ablations,
 QK/OV circuits, DLA and the carry splits (/tmp/sum_digits/report.html).
 
-Variants (`--config=configs/sum_digits.py:VARIANT`):
+Variants (`--config=configs/sum_digits.py:VARIANT[,VARIANT...][,field=value...]`, applied
+left to right, e.g. `:train,quick` or `:train,seed=3`):
 
-  (default)    mode 'load': ../shared/models/arena/sum_model.pt (`checkpoint`,
-               relative to the repository root), all 1,000 sequences of
-               ../shared/fixtures/arena_sum_eval_1000.txt (`eval_fixture`, `n_eval`).
+  (default)    mode 'load': ../shared/models/arena/sum_model.pt (`checkpoint`), all
+               1,000 sequences of ../shared/fixtures/arena_sum_eval_1000.txt
+               (`eval_fixture`, `n_eval`). Relative paths are resolved against
+               `data_dir`, by default the checkout holding this config file.
   train        mode 'train': the same architecture from scratch with the challenge's
                recipe -- Adam with L2 weight decay 0.001 (not AdamW), lr falling
                linearly per epoch from 2e-3 (first epoch) to 1e-4 (last epoch), batch
@@ -36,7 +38,8 @@ Variants (`--config=configs/sum_digits.py:VARIANT`):
                best epoch (83), final train loss 0.0062.
   quick        'load' on the first 64 evaluation sequences, every analysis: ~35
                CPU-seconds (mostly compilation and the 26 figures), for tests.
-  train_quick  'train' on 256 sequences for 3 epochs (batch 64), then every analysis
+               After `train` (`:train,quick`): 'train' on 256 sequences for 3 epochs
+               (batch 64), then every analysis
                on 64 evaluation sequences: ~45 CPU-seconds, for tests.
 
 Any field can be overridden, e.g. `--config=configs/sum_digits.py:train
@@ -47,16 +50,23 @@ d_vocab 12 (digits, '+' = 10, '=' = 11), n_ctx 14; the analyses use the processe
 weights (LayerNorm folded, writing weights and W_U centred, value biases folded).
 """
 
+import os
+
 import ml_collections
 
-VARIANTS = ("default", "train", "challenge", "quick", "train_quick")
+from toymech.experiment import build_config
 
+# Relative data paths (`checkpoint`, `eval_fixture`) are resolved against `data_dir`: by
+# default the checkout this config file lives in (override with --config.data_dir=...).
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.study = "sum_digits"
     c.variant = "default"
     c.mode = "load"  # 'load': the checkpoint below | 'train': train from scratch
-    c.checkpoint = "../shared/models/arena/sum_model.pt"  # relative to the repository root
+    c.data_dir = _CHECKOUT  # relative paths below are resolved against this directory
+    c.checkpoint = "../shared/models/arena/sum_model.pt"
     c.eval_fixture = "../shared/fixtures/arena_sum_eval_1000.txt"
     c.n_eval = 0  # evaluate and analyse the first n_eval fixture sequences; 0 = all
     c.model = ml_collections.ConfigDict(dict(n_layers=2, d_model=48, n_heads=3, d_head=24))
@@ -79,19 +89,24 @@ def _base() -> ml_collections.ConfigDict:
     return c
 
 
-def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-    """The config of `variant` (None or '' is 'default'); see the module docstring."""
-    variant = variant or "default"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown sum_digits variant {variant!r}; choose one of {VARIANTS}")
-    c = _base()
-    c.variant = variant
-    if variant in ("train", "challenge", "train_quick"):
-        c.mode = "train"
-    if variant == "challenge":
-        c.num_epochs, c.checkpoint_every = 100, 10
-    elif variant == "quick":
-        c.n_eval = 64
-    elif variant == "train_quick":
-        c.n_eval, c.n_train, c.n_val, c.batch_size, c.num_epochs, c.checkpoint_every = 64, 256, 64, 64, 3, 1
-    return c
+def _train(c) -> None:
+    c.mode = "train"
+
+
+def _challenge(c) -> None:
+    c.mode, c.num_epochs, c.checkpoint_every = "train", 100, 10
+
+
+def _quick(c) -> None:
+    """64 evaluation sequences; in mode 'train' also 256 training sequences for 3 epochs."""
+    c.n_eval = 64
+    if c.mode == "train":
+        c.n_train, c.n_val, c.batch_size, c.num_epochs, c.checkpoint_every = 256, 64, 64, 3, 1
+
+
+VARIANTS = {"train": _train, "challenge": _challenge, "quick": _quick}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config for `arg`: variants and field=value overrides, comma-separated (see the docstring)."""
+    return build_config(_base, VARIANTS, arg, study="sum_digits")

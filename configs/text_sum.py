@@ -12,7 +12,7 @@ the forward pass the model's own MSE 324 -> 168,000 with the sum direction's
 component set to its mean at the last real token of the final residual stream
 (a random direction: 850).
 
-Variants (`--config=configs/text_sum.py:VARIANT`):
+Variants (`--config=configs/text_sum.py:VARIANT[,field=value...]`, e.g. `:quick,seed=1`):
 
   (default)  20,000 training and 2,000 validation problems with operands 0..999
              (sums 0..1998), AdamW lr 1e-3 (weight decay 0.01, PyTorch's default),
@@ -28,11 +28,11 @@ Without them the split is generated deterministically (`data.seed`) into
 
 import ml_collections
 
-VARIANTS = ("default", "quick")
-
+from toymech.experiment import build_config
 
 def _base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.study = "text_sum"
     c.variant = "default"
     c.seed = 0  # model init (toymech.init_params key) and batch order
     c.data = ml_collections.ConfigDict(dict(
@@ -53,16 +53,16 @@ def _base() -> ml_collections.ConfigDict:
     return c
 
 
-def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-    """The config of `variant` (None or '' is 'default'); see the module docstring."""
-    variant = variant or "default"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown text_sum variant {variant!r}; choose one of {VARIANTS}")
-    c = _base()
-    c.variant = variant
-    if variant == "quick":
-        c.data.n_train, c.data.n_val, c.data.max_operand = 512, 256, 99
-        c.model.update(n_layers=1, d_model=16, n_heads=2, d_head=8, d_mlp=32)
-        c.num_epochs = 2
-        c.analysis.n_random_directions = 2
-    return c
+def _quick(c) -> None:
+    c.data.n_train, c.data.n_val, c.data.max_operand = 512, 256, 99
+    c.model.update(n_layers=1, d_model=16, n_heads=2, d_head=8, d_mlp=32)
+    c.num_epochs = 2
+    c.analysis.n_random_directions = 2
+
+
+VARIANTS = {"quick": _quick}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config for `arg`: variants and field=value overrides, comma-separated (see the docstring)."""
+    return build_config(_base, VARIANTS, arg, study="text_sum")

@@ -15,7 +15,7 @@ Times, side by side in one run on one machine (a few minutes on a 2-core CPU):
 3. ridge probes at every (layer, position) of a study-1 encoder (2,000
    problems, 75/25 split): `probes.probe` vs a scikit-learn `Ridge` loop;
 4. restricted and excluded loss (Nanda et al.) of 250 grokking checkpoints
-   (p = 113): `progress.grokking_progress` (which computes every progress
+   (p = 113): `tasks.grokking.grokking_progress` (which computes every progress
    measure) vs the notebook's loop of `load_state_dict` + `run_with_cache`
    + the restricted/excluded computation (both losses from one forward pass
    per checkpoint).
@@ -48,7 +48,7 @@ from absl import app, flags
 
 import toymech as tm
 import toymech.interop
-from toymech.analysis import linalg, probes, progress, sweeps
+from toymech.analysis import linalg, probes, sweeps
 from toymech.tasks import grokking, text_sum
 
 _SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "shared")
@@ -275,7 +275,7 @@ def bench_progress(repeats: int, n_checkpoints: int, tl_checkpoints: int) -> dic
     dataset = grokking.make_dataset(task, 0.3, seed=598)
     keys = jax.random.split(jax.random.key(999), n_checkpoints)
     stacked = jax.vmap(lambda k: tm.init_params(cfg, k))(keys)  # [n_ckpt, ...] every leaf
-    run = lambda: progress.grokking_progress(cfg, stacked, dataset, KEY_FREQS)
+    run = lambda: grokking.grokking_progress(cfg, stacked, dataset, KEY_FREQS)
     ours, first, steady = _time_toymech(run, repeats)
 
     n_ran = tl_checkpoints or n_checkpoints

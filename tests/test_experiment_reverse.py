@@ -1,12 +1,8 @@
 """End-to-end test of study 2 (experiments/reverse.py and its library function on the quick
 config); its analyses are checked against single forward passes and numpy."""
 
-import importlib.util
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,14 +13,11 @@ from toymech.report import Report, check_report
 from toymech.studies import reverse as study
 from toymech.tasks import reverse as rv
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import run_binary, study_config
 
 
-def get_config(variant):
-    spec = importlib.util.spec_from_file_location("reverse_config", REPO / "configs" / "reverse.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+def get_config(arg):
+    return study_config("reverse", arg)
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +87,9 @@ def test_rerun_resumes_and_the_binary_refuses_another_config(quick, capsys):
     assert "[train] epoch" not in capsys.readouterr().err
     np.testing.assert_array_equal(again["analysis"]["weight_ablations"]["holdout_accuracy"], results["analysis"]["weight_ablations"][
         "holdout_accuracy"])
-    proc = subprocess.run([sys.executable, "-m", "experiments.reverse", f"--workdir={path}",
-                           "--config=configs/reverse.py:quick", "--config.optimizer.lr=0.001"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and "ConfigMismatchError" in proc.stderr and "optimizer.lr: 0.006 -> 0.001" in proc.stderr
+    proc = run_binary("reverse", path, "--config=configs/reverse.py:quick", "--config.optimizer.lr=0.001", timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and "optimizer.lr: 0.006 -> 0.001" in proc.stderr
 
 
 def test_seed_sweep_section(quick, tmp_path):
@@ -105,8 +97,8 @@ def test_seed_sweep_section(quick, tmp_path):
     epochs = np.arange(1, 6)
     acc = np.array([[0.5, 0.9, 1.0, 1.0, 1.0], [0.4, 0.6, 0.7, 0.9, 0.99], [0.3, 1.0, 0.9, 1.0, 0.95]])
     wd = experiment.Workdir(tmp_path)
-    rep = Report("sweep")
-    got = study.seed_sweep_section({"seeds": [3, 4, 5], "epochs": epochs, "holdout_accuracy": acc}, run, wd, rep)
+    rep = Report("sweep", directory=wd.path)
+    got = study.seed_sweep_section({"seeds": [3, 4, 5], "epochs": epochs, "holdout_accuracy": acc}, run, rep)
     assert got["first_epoch_holdout_accuracy_100"] == [3, None, 2]
     assert got["fraction_of_seeds_reaching_100"] == pytest.approx(2 / 3)
     np.testing.assert_array_equal(got["final_holdout_accuracy"], [1.0, 0.99, 0.95])

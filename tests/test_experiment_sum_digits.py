@@ -2,11 +2,7 @@
 toymech.studies.sum_digits*): the challenge's numbers, the quick binary with every analysis
 checked against independent computations, and a tiny training run with resume."""
 
-import importlib.util
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -21,14 +17,11 @@ from toymech.studies import sum_digits as study
 from toymech.studies import sum_digits_analysis as an
 from toymech.tasks import sum_digits as sd
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import run_binary, study_config
 
 
-def get_config(variant):
-    spec = importlib.util.spec_from_file_location("sum_digits_config", REPO / "configs" / "sum_digits.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+def get_config(arg):
+    return study_config("sum_digits", arg)
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +36,7 @@ def processed():
 def quick_workdir(tmp_path_factory):
     """The binary, run as a user would, on the quick variant."""
     workdir = tmp_path_factory.mktemp("sum_digits") / "quick"
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.sum_digits", f"--workdir={workdir}",
-         "--config=configs/sum_digits.py:quick"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    proc = run_binary("sum_digits", workdir, "--config=configs/sum_digits.py:quick")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return workdir
 
@@ -235,7 +226,7 @@ def test_carry_split_counts_and_attention(processed, quick):
 
 
 def test_train_quick_keeps_the_best_epoch_and_resumes(tmp_path, capsys):
-    config = get_config("train_quick")
+    config = get_config("train,quick")
     results = study.train_and_evaluate(config, str(tmp_path))
     err = capsys.readouterr().err
     assert "[train] epoch 3/3" in err
@@ -259,17 +250,17 @@ def test_train_quick_keeps_the_best_epoch_and_resumes(tmp_path, capsys):
     assert "[train] epoch" not in capsys.readouterr().err
     assert again.best_epoch == t["best_epoch"]
     jax.tree.map(np.testing.assert_array_equal, again.params, best)
-    changed = get_config("train_quick")
+    changed = get_config("train,quick")
     changed.optimizer.lr = 1e-2
     with pytest.raises(experiment.ConfigMismatchError, match=r"optimizer.lr: 0.002 -> 0.01"):
         study.train_and_evaluate(changed, str(tmp_path))
 
 
 def test_config_variants_and_bad_input(tmp_path):
-    for variant in ("default", "train", "challenge", "quick", "train_quick"):
+    for variant in ("default", "train", "challenge", "quick", "train,quick"):
         c = get_config(variant)
         assert c.variant == variant
-        assert c.mode == ("train" if variant in ("train", "challenge", "train_quick") else "load")
+        assert c.mode == ("train" if variant in ("train", "challenge", "train,quick") else "load")
         assert c.optimizer.total == c.num_epochs - 1
     assert get_config(None).to_dict() == get_config("default").to_dict()
     full = get_config("challenge")
@@ -281,6 +272,8 @@ def test_config_variants_and_bad_input(tmp_path):
     assert c.optimizer.total == 39  # the schedule follows an overridden num_epochs
     with pytest.raises(ValueError, match="unknown sum_digits variant"):
         get_config("nope")
+    assert (get_config("train,seed=3").seed, get_config("train,seed=3").mode) == (3, "train")
+    assert get_config("quick").n_train == 100_000 and get_config("train,quick").n_train == 256
     c = get_config("quick")
     c.checkpoint = "nowhere/sum_model.pt"
     with pytest.raises(FileNotFoundError, match=r"config.checkpoint = 'nowhere/sum_model.pt' -> .*nowhere"):

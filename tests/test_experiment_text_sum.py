@@ -1,11 +1,9 @@
 """End-to-end test of study 1 (experiments/text_sum.py and its library function on the quick
 config) and of its analyses against scikit-learn and single forward passes."""
 
-import importlib.util
+import errno
 import json
-import subprocess
-import sys
-from pathlib import Path
+import os
 
 import jax
 import numpy as np
@@ -19,14 +17,11 @@ from toymech.report import check_report
 from toymech.studies import text_sum as study
 from toymech.tasks import text_sum as ts
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import run_binary, study_config
 
 
-def get_config(variant):
-    spec = importlib.util.spec_from_file_location("text_sum_config", REPO / "configs" / "text_sum.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+def get_config(arg):
+    return study_config("text_sum", arg)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +50,7 @@ def test_workdir_has_every_output(quick):
 
 def test_probes_and_readout_match_sklearn(quick):
     config, path, results = quick
-    run = study.train_model(config, experiment.open_workdir(path, config))  # resumes: nothing left to train
+    run = study.train_model(config, experiment.open_workdir(path, config), *study.load_data(config))  # resumes: nothing left to train
     final = tm.get_act_name("resid_post", run.cfg.n_layers - 1)
     _, acts = tm.apply(run.cfg, run.params, run.val.tokens, key_padding_mask=run.val.mask, capture=(final,))
     last = run.val.mask.sum(1) - 1
@@ -81,10 +76,9 @@ def test_rerun_resumes_and_the_binary_refuses_another_config(quick, capsys):
     np.testing.assert_allclose(again["analysis"]["probes"]["position_r2"], results["analysis"]["probes"]["position_r2"],
                                rtol=1e-5)
     # The binary parses --config (file:variant) and overrides, and refuses a changed config.
-    proc = subprocess.run([sys.executable, "-m", "experiments.text_sum", f"--workdir={path}",
-                           "--config=configs/text_sum.py:quick", "--config.num_epochs=3"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and "ConfigMismatchError" in proc.stderr and "num_epochs: 2 -> 3" in proc.stderr
+    proc = run_binary("text_sum", path, "--config=configs/text_sum.py:quick", "--config.num_epochs=3", timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and "num_epochs: 2 -> 3" in proc.stderr
 
 
 def test_user_files_malformed_line_is_named(tmp_path):
@@ -133,3 +127,30 @@ def test_intervention_sweep_entries_equal_single_forward_passes():
         out, _ = tm.apply(cfg, params, data.tokens, key_padding_mask=data.mask,
                           intervention=iv.patch(sites[d], np.where(pos[..., None], edited, hidden[d])))
         assert value == pytest.approx(mse(out), rel=1e-3)
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_loses_nothing(quick, tmp_path, monkeypatch):
+    """The second epoch's checkpoint hits ENOSPC: the binary's error names that file and the last
+    good checkpoint; a rerun with space resumes from it and ends with the uninterrupted run's numbers."""
+    from experiments import common
+
+    config, _, results = quick
+    real_replace = os.replace
+
+    def full_disk(src, dst):
+        if str(dst).endswith("ckpt_00000002.msgpack"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(SystemExit) as stop:
+        common._run_study(config, str(tmp_path))
+    message = str(stop.value)
+    assert "\n" not in message and message.startswith(f"error: could not write {tmp_path}/checkpoints/ckpt_00000002")
+    assert "No space left on device" in message
+    assert f"the last good checkpoint is {tmp_path}/checkpoints/ckpt_00000001.msgpack" in message
+    assert not list((tmp_path / "checkpoints").glob("*.tmp-*"))  # no half-written file left behind
+    monkeypatch.setattr(os, "replace", real_replace)
+    again = study.train_and_evaluate(config, str(tmp_path))
+    assert again["training"]["best_val_mse_scaled"] == results["training"]["best_val_mse_scaled"]
+    np.testing.assert_array_equal(again["analysis"]["probes"]["position_r2"], results["analysis"]["probes"]["position_r2"])

@@ -46,7 +46,7 @@ def test_grid_forward_equals_the_model_at_the_last_position(changes):
     params = random_params(cfg, seed=2)
     tokens = grokking.all_inputs(grokking.AdditionTask(P))
     logits, acts = tm.apply(cfg, params, tokens, capture=("blocks.0.mlp.hook_pre", "blocks.0.mlp.hook_post"))
-    out = progress.grid_forward(cfg, params, P)
+    out = grokking.grid_forward(cfg, params, P)
     np.testing.assert_allclose(out.logits, logits[:, -1], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out.pre, acts["blocks.0.mlp.hook_pre"][:, -1], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out.post, acts["blocks.0.mlp.hook_post"][:, -1], rtol=1e-5, atol=1e-5)
@@ -54,9 +54,9 @@ def test_grid_forward_equals_the_model_at_the_last_position(changes):
 
 def test_grid_forward_rejects_models_it_cannot_factor():
     with pytest.raises(ValueError, match="normalization_type"):
-        progress.grid_forward(_cfg().replace(normalization_type="LN"), None, P)
+        grokking.grid_forward(_cfg().replace(normalization_type="LN"), None, P)
     with pytest.raises(ValueError, match="n_layers=2"):
-        progress.grid_forward(_cfg().replace(n_layers=2), None, P)
+        grokking.grid_forward(_cfg().replace(n_layers=2), None, P)
 
 
 def test_excluded_logits_equal_patching_the_neuron_activations():
@@ -65,7 +65,7 @@ def test_excluded_logits_equal_patching_the_neuron_activations():
     cfg = _cfg()
     params = random_params(cfg, seed=3)
     tokens = grokking.all_inputs(grokking.AdditionTask(P))
-    out = progress.grid_forward(cfg, params, P)
+    out = grokking.grid_forward(cfg, params, P)
     dirs = fourier.sum_frequency_directions(P, KEY_FREQS).reshape(-1, P * P)
     W_logit = progress.neuron_logit_map(params)
     removed = np.asarray(out.post) - np.asarray(dirs).T @ (np.asarray(dirs) @ np.asarray(out.post))
@@ -144,7 +144,7 @@ def test_grokking_progress_matches_the_notebooks_measures_per_checkpoint():
     models = [tl_model(cfg, seed=s, randomize_biases=False) for s in range(3)]
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[params_from_tl(m) for m in models])
     # inside jit (as research code would call it), 2 checkpoints vmapped + a remainder of 1
-    got = jax.jit(lambda s: progress.grokking_progress(cfg, s, dataset, KEY_FREQS, batch_size=2))(stacked)
+    got = jax.jit(lambda s: grokking.grokking_progress(cfg, s, dataset, KEY_FREQS, batch_size=2))(stacked)
     for i, model in enumerate(models):
         want = _tl_measures(model, dataset, KEY_FREQS)
         for name, value in want.items():
@@ -157,6 +157,6 @@ def test_grokking_progress_checks_its_arguments():
     dataset = grokking.make_dataset(grokking.AdditionTask(P), 0.5, seed=0)
     stacked = jax.tree.map(lambda x: x[None], random_params(cfg))
     with pytest.raises(ValueError, match="key frequencies"):
-        progress.grokking_progress(cfg, stacked, dataset, [0, 4])
+        grokking.grokking_progress(cfg, stacked, dataset, [0, 4])
     with pytest.raises(ValueError, match="split"):
-        progress.grokking_progress(cfg, stacked, dataset, [1], restricted_split="val")
+        grokking.grokking_progress(cfg, stacked, dataset, [1], restricted_split="val")

@@ -36,11 +36,11 @@ def _small_report(tmp_path):
     plots.heatmap(figs / "heat.png", np.arange(12.0).reshape(3, 4), center=True, annotate=True)
     rep = Report("A <small> report", intro="Tests & checks.")
     sec = rep.section("Training")
-    sec.figure("figures/curve.png", "Loss curves <log>")
+    sec.image("figures/curve.png", "Loss curves <log>")
     sec.text("Plain text with <script>alert(1)</script> inside.", note=True)
     sec.table(["quantity", "value"], [["accuracy", 0.99871], ["tiny", 1.5e-9], ["epochs", 3000], ["none", None]],
               caption="Numbers")
-    rep.section("Training").figure("figures/heat.png", "A heatmap")  # same title -> distinct anchor
+    rep.section("Training").image("figures/heat.png", "A heatmap")  # same title -> distinct anchor
     return rep
 
 
@@ -76,11 +76,31 @@ def test_missing_image_and_broken_markup_are_reported(tmp_path):
 def test_bad_figures_and_tables_are_refused():
     sec = Report("r").section("s")
     with pytest.raises(ValueError, match="caption"):
-        sec.figure("figures/a.png", "  ")
+        sec.image("figures/a.png", "  ")
     with pytest.raises(ValueError, match="relative"):
-        sec.figure("/abs/a.png", "caption")
+        sec.image("/abs/a.png", "caption")
     with pytest.raises(ValueError, match="row 0 has 1 cells"):
         sec.table(["a", "b"], [[1]])
+
+
+def test_figure_draws_into_the_reports_directory_and_links_it(tmp_path):
+    calls = []
+
+    def plot(path, values, *, title):  # a plot function: writes `path`, like toymech.plots
+        calls.append((path, values, title))
+        plots.curves(path, {"v": (np.arange(len(values)), np.asarray(values))}, title=title)
+
+    rep = Report("r", directory=tmp_path)
+    rep.section("s").figure("curve", plot, "A curve", [3.0, 1.0, 2.0], title="t")
+    assert calls == [(tmp_path / "figures" / "curve.png", [3.0, 1.0, 2.0], "t")]
+    assert check_report(rep.write(tmp_path / "report.html")).images == ("figures/curve.png",)
+    with pytest.raises(ValueError, match="plain file stem"):
+        rep.section("s").figure("../up", plot, "caption", [1.0], title="t")
+    with pytest.raises(ValueError, match="caption"):
+        rep.section("s").figure("empty", plot, " ", [1.0], title="t")
+    with pytest.raises(ValueError, match="no directory"):
+        Report("r").section("s").figure("curve", plot, "caption", [1.0], title="t")
+    assert len(calls) == 1  # refused before drawing
 
 
 def test_format_value():

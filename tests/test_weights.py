@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import toymech as tm
+from toymech import interventions as iv
 from toymech import weights
 from random_params import random_params
 
@@ -244,3 +245,21 @@ def test_each_step_equals_transformer_lens(tl, name):
                          _as_numpy(tl.process.center_writing_weights(dict(sd), tl_cfg)))
     _assert_params_equal(weights.center_unembed(cfg, params)[1], _as_numpy(tl.process.center_unembed(sd, tl_cfg)))
     _assert_params_equal(weights.fold_value_biases(cfg, params)[1], _as_numpy(tl.process.fold_value_biases(sd, tl_cfg)))
+
+
+def test_zero_weights_is_pure_and_matches_zeroing_the_output():
+    cfg = CONFIGS["ln_mlp_causal"]
+    params = tm.init_params(cfg, jax.random.key(3))
+    tokens = np.random.default_rng(2).integers(0, cfg.d_vocab, (2, cfg.n_ctx))
+    ablated = weights.zero_weights(params, "blocks.0.mlp.W_out", "blocks.0.mlp.b_out")
+    assert np.any(tm.flatten_params(params)["blocks.0.mlp.W_out"] != 0)  # original untouched
+    want, _ = tm.apply(cfg, params, tokens, intervention=iv.zero("blocks.0.hook_mlp_out"))
+    got, _ = tm.apply(cfg, ablated, tokens)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    one_head = weights.zero_weights(params, "blocks.1.attn.W_O", head=1)
+    want, _ = tm.apply(cfg, params, tokens, intervention=iv.zero("blocks.1.attn.hook_z", head=1))
+    np.testing.assert_allclose(tm.apply(cfg, one_head, tokens)[0], want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="no parameter named 'blocks.0.mlp.W_o'"):
+        weights.zero_weights(params, "blocks.0.mlp.W_o")
+    with pytest.raises(ValueError, match="has no head axis"):
+        weights.zero_weights(params, "blocks.0.mlp.W_out", head=0)

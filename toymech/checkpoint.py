@@ -46,8 +46,22 @@ _CKPT_RE = re.compile(r"^ckpt_(\d+)\.msgpack$")
 _TMP_MARK = ".tmp-"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, corrupt, or does not match what the caller expects."""
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, or does not match what the caller expects.
+
+    The one base class for every checkpoint problem in toymech: this module's files,
+    TransformerLens checkpoints read by `toymech.interop` (which subclasses it for
+    refused pickles), and files that cannot be written (`WriteError`)."""
+
+
+class WriteError(CheckpointError):
+    """A file could not be written (disk full, read-only or unwritable directory); the
+    previous version of the file, if any, is intact. `path` is the file, `reason` the
+    OS's words."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"could not write {path}: {reason}")
+        self.path, self.reason = path, reason
 
 
 # --------------------------------------------------------------------------- files
@@ -66,22 +80,32 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
     The bytes go to `<path>.tmp-<random>` in the same directory, are fsynced, and the
     temporary file is renamed onto `path`; on any error the temporary file is removed
-    and `path` is untouched.
+    and `path` is untouched. An OSError (disk full, read-only directory) becomes
+    `WriteError` naming `path`.
     """
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     tmp = f"{path}{_TMP_MARK}{uuid.uuid4().hex}"
     try:
+        os.makedirs(directory, exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(directory)
+    except OSError as e:
+        _remove_quietly(tmp)
+        raise WriteError(path, e.strerror or str(e)) from e
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        _remove_quietly(tmp)
         raise
-    _fsync_dir(directory)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 # --------------------------------------------------------------------------- pytrees

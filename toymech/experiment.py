@@ -11,28 +11,137 @@ Everything a run writes goes under its workdir:
   figures/*.png   the analysis figures
   report.html     one page to read the study (`toymech.report`)
 
-`open_workdir(path, config)` is the entry point of every study's
-`train_and_evaluate`: it creates the directory, writes or checks config.json and
-returns a `Workdir` whose properties give the paths above.
+  inputs.json     size and SHA-256 of every user data file the run read; a rerun
+                  whose data changed under the same path is refused (`DataChangedError`)
+
+`open_workdir(path, config, data_files=...)` is the entry point of every study's
+`train_and_evaluate`, called once the config and the inputs have validated (so a
+run refused for a missing file leaves no config.json behind): it creates the
+directory, writes or checks config.json and inputs.json and returns a `Workdir`
+whose properties give the paths above.
+
+Configs. `build_config(base, variants, arg)` is every config file's `get_config`:
+`arg` is big_vision's comma list of variant names and `field=value` overrides
+(`"nanda,quick"`, `"train,seed=3"`), applied left to right to `base()`; the result is
+locked (`ConfigDict.lock`), so a misspelt field is an error naming the nearest
+valid one, never a new field.
+
+Errors a person can act on derive from `StudyError` (a ValueError): the shared
+binary entry point (`experiments/common.py`) prints them as one line.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
+import hashlib
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from toymech.checkpoint import atomic_write_bytes
+from toymech.report import FIGURES
 
 
-class ConfigMismatchError(ValueError):
+class StudyError(ValueError):
+    """Bad input to a study (config, workdir, data): reported as one line by the binaries."""
+
+
+class ConfigMismatchError(StudyError):
     """The workdir holds a run made with a different config."""
+
+
+class WorkdirError(StudyError):
+    """The workdir cannot be used (it is a file, or it cannot be created)."""
+
+
+class DataChangedError(StudyError):
+    """A data file's contents changed since the workdir's run read it."""
+
+
+def nearest(name: str, choices: Iterable[str]) -> str:
+    """' (did you mean X?)' for the closest of `choices`, or '' when none is close."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def _literal(text: str) -> Any:
+    """'3' -> 3, '1e-3' -> 0.001, '(1, 2)' -> (1, 2), 'True' -> True; anything else stays a string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def set_field(config, dotted: str, value: Any, where: str = "config") -> None:
+    """config.<dotted> = value for an existing field; StudyError naming the nearest field
+    otherwise. A string `value` for a non-string field is read as a Python literal."""
+    fields = flatten_config(config_to_dict(config))
+    if dotted not in fields:
+        raise StudyError(f"{where}: unknown field {dotted!r}{nearest(dotted, fields)}")
+    *parents, last = dotted.split(".")
+    node = config
+    for p in parents:
+        node = node[p]
+    old = node[last]
+    if isinstance(value, str) and not isinstance(old, str):
+        value = _literal(value)
+    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(old, tuple) and isinstance(value, list):
+        value = tuple(value)
+    if old is not None and value is not None and type(old) is not type(value):
+        raise StudyError(f"{where}: field {dotted} is {old!r} ({type(old).__name__}); got {value!r}")
+    node[last] = value
+
+
+def build_config(base: Callable[[], Any], variants: Mapping[str, Callable[[Any], None]],
+                 arg: str | None = None, *, study: str):
+    """A config file's `get_config(arg)`, big_vision style.
+
+    `arg`: comma-separated variant names (each a function editing the config in place,
+    applied left to right) and `field=value` overrides (dotted field names, values as
+    Python literals), e.g. `"addition,quick"` or `"train,seed=3"`; None or '' is the
+    base config. `config.variant` records the arg ('default' when empty). Unknown
+    names and fields raise StudyError with the nearest valid one. Returns the config,
+    locked against new fields.
+    """
+    config = base()
+    parts = [p.strip() for p in (arg or "").split(",") if p.strip()]
+    for part in parts:
+        if "=" in part:
+            name, _, value = part.partition("=")
+            set_field(config, name.strip(), value.strip(), where=f"{study} config")
+        elif part in variants:
+            variants[part](config)
+        elif part != "default":
+            raise StudyError(f"unknown {study} variant {part!r}{nearest(part, variants)}; "
+                             f"variants: {', '.join(variants)} (combine them with ',')")
+    config.study = study
+    config.variant = ",".join(parts) or "default"
+    config.lock()
+    return config
+
+
+# --------------------------------------------------------------------------- data files
+
+
+def fingerprint(path: str | os.PathLike) -> dict:
+    """{'size': bytes, 'sha256': hex} of a file's contents."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"size": os.path.getsize(path), "sha256": h.hexdigest()}
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -122,39 +231,43 @@ class Workdir:
         return self.path / "snapshots"
 
     @property
+    def inputs_path(self) -> Path:
+        return self.path / "inputs.json"
+
+    @property
     def results_path(self) -> Path:
         return self.path / "results.json"
 
     @property
     def figures_dir(self) -> Path:
-        return self.path / "figures"
+        return self.path / FIGURES  # written by `Report(..., directory=path)`
 
     @property
     def report_path(self) -> Path:
         return self.path / "report.html"
 
-    def figure_path(self, name: str) -> Path:
-        """figures/<name>.png (the folder is created)."""
-        if not name or "/" in name or name.startswith("."):
-            raise ValueError(f"figure name must be a plain file stem, got {name!r}")
-        self.figures_dir.mkdir(parents=True, exist_ok=True)
-        return self.figures_dir / f"{name}.png"
 
-    def relative(self, path: str | os.PathLike) -> str:
-        """`path` relative to the workdir, with '/' separators (for links in the report)."""
-        return Path(os.path.relpath(Path(path).resolve(), self.path.resolve())).as_posix()
-
-
-def open_workdir(path: str | os.PathLike, config: Any) -> Workdir:
-    """Create the workdir and record `config`, or check it against the recorded one.
+def open_workdir(path: str | os.PathLike, config: Any,
+                 data_files: Mapping[str, str | os.PathLike] | None = None) -> Workdir:
+    """Create the workdir and record `config` and the fingerprints of `data_files`
+    ({name: path}, the user files the run reads), or check both against the recorded ones.
+    Call it after the config and the inputs have validated.
 
     Raises:
+        WorkdirError: `path` is a file, or cannot be created.
         ConfigMismatchError: config.json exists and differs from `config`; the
             message lists each differing field, so a rerun never silently mixes
             two configs in one workdir.
+        DataChangedError: a data file's size or SHA-256 differs from what the
+            workdir's run read (inputs.json), naming the file.
     """
     wd = Workdir(Path(path))
-    wd.path.mkdir(parents=True, exist_ok=True)
+    if wd.path.exists() and not wd.path.is_dir():
+        raise WorkdirError(f"--workdir {wd.path} is a file, not a directory; give a directory (new or a run's)")
+    try:
+        wd.path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WorkdirError(f"cannot create the workdir {wd.path}: {e.strerror}") from e
     given = config_to_dict(config)
     if wd.config_path.exists():
         try:
@@ -168,8 +281,19 @@ def open_workdir(path: str | os.PathLike, config: Any) -> Workdir:
                 f"--workdir, or delete that one to start over. Differences (stored -> given):\n  "
                 + "\n  ".join(diffs)
             )
-    else:
+    inputs = {name: {"path": os.fspath(p), **fingerprint(p)} for name, p in (data_files or {}).items()}
+    if wd.inputs_path.exists():
+        for name, now in inputs.items():
+            then = read_json(wd.inputs_path).get(name)
+            if then is not None and (then["size"], then["sha256"]) != (now["size"], now["sha256"]):
+                raise DataChangedError(
+                    f"{now['path']} ({name}) changed since the run in {wd.path} read it (size {then['size']} -> "
+                    f"{now['size']} bytes, SHA-256 {then['sha256'][:12]}... -> {now['sha256'][:12]}...); restore "
+                    "the file, or use a new --workdir for the new data")
+    if not wd.config_path.exists():
         write_json(wd.config_path, given)
+    if inputs:
+        write_json(wd.inputs_path, inputs)
     return wd
 
 

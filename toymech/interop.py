@@ -41,8 +41,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from toymech.checkpoint import CheckpointError
 from toymech.config import ModelConfig
-from toymech.model import flatten_params, init_params, unflatten_params
+from toymech.model import init_params
+from toymech.params import flatten_params, unflatten_params
 
 # torch storage class name -> numpy dtype of its elements.
 _STORAGE_DTYPES = {
@@ -63,9 +65,9 @@ _BUFFER_SUFFIXES = (".attn.mask", ".attn.IGNORE")
 _LAYER_KEY = re.compile(r"blocks\.(\d+)\.")
 
 
-class CheckpointError(ValueError):
-    """A file that is not a readable checkpoint, or a state dict that does not
-    match its config. The message names the file, key and shapes involved."""
+# CheckpointError (from toymech.checkpoint, the one hierarchy): a file that is not a readable
+# checkpoint, or a state dict that does not match its config; the message names the file,
+# key and shapes involved.
 
 
 class UnsafeCheckpointError(CheckpointError):

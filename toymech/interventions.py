@@ -31,8 +31,8 @@ range. Indices traced inside a user's own `jit` cannot be checked: there a
 negative index still counts from the end, but one out of range selects
 nothing (check such indices before tracing, e.g. by calling `apply` once).
 
-Weight-level ablation (zeroing a parameter, as study 2 does) is `zero_weights`,
-a params -> params function.
+Weight-level ablation (zeroing a parameter, as study 2 does) is
+`toymech.weights.zero_weights`, a params -> params function.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from toymech import projections
 from toymech.sites import AXES, axis_word, site_layout
 
 KINDS = ("zero", "mean", "patch", "project_out", "add", "scale", "fn")
@@ -281,9 +282,7 @@ def _project_out(site, x, directions):
             f"project_out at site {site}: directions must have shape [d] or [k, d] with "
             f"d = {x.shape[-1]} (the site's last axis), got {tuple(directions.shape)}"
         )
-    from toymech.analysis.linalg import project_out  # lazy: the analysis package imports the model
-
-    return project_out(x, directions.astype(x.dtype))  # handles linearly dependent directions
+    return projections.project_out(x, directions.astype(x.dtype))  # handles linearly dependent directions
 
 
 def _mask(site: str, shape, e: Edit):
@@ -347,26 +346,3 @@ def check_indices(intervention: Intervention, site_shape: Callable[[str], tuple[
                         f"{e.kind} at site {site}: {kind} index {m[bad].flat[0]} is out of range for the "
                         f"{axis_word(layout, kind)} axis of size {n} (valid indices: {-n}..{n - 1})"
                     )
-
-
-# --- weight-level ablation --------------------------------------------------
-
-
-def zero_weights(params, *names: str, head: int | None = None):
-    """Returns params with the named weights (TransformerLens names, e.g.
-    'blocks.0.mlp.W_out') set to zero; `head` restricts per-head weights
-    (W_Q/W_K/W_V/W_O, b_Q/b_K/b_V) to that head's slice."""
-    from toymech.model import flatten_params, unflatten_params
-
-    flat = dict(flatten_params(params))
-    for name in names:
-        if name not in flat:
-            raise ValueError(f"zero_weights: no parameter named {name!r}; parameters are {sorted(flat)}")
-        w = flat[name]
-        if head is None:
-            flat[name] = jnp.zeros_like(w)
-        elif name.rsplit(".", 1)[-1] in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V"):
-            flat[name] = w.at[head].set(0)
-        else:
-            raise ValueError(f"zero_weights: {name} has no head axis; drop head={head}")
-    return unflatten_params(flat)

@@ -4,8 +4,8 @@ Read top to bottom: `LayerNorm`, `Attention`, `MLP`, `Block`, `Transformer`,
 then the functional entry points `init_params`, `apply`, `apply_batched`.
 
 Parameters carry TransformerLens's names and shapes (`embed.W_E`,
-`blocks.0.attn.W_Q [n_heads, d_model, d_head]`, ...); `flatten_params` gives
-exactly the keys of a HookedTransformer state dict. Instead of hooks, every
+`blocks.0.attn.W_Q [n_heads, d_model, d_head]`, ...); `toymech.params.flatten_params`
+gives exactly the keys of a HookedTransformer state dict. Instead of hooks, every
 forward pass takes two explicit arguments:
 
 * `intervention`: edits to apply at named sites (`toymech.interventions`);
@@ -323,31 +323,6 @@ def init_params(cfg: ModelConfig, key: jax.Array) -> dict:
 def _init_jit(cfg: ModelConfig, key: jax.Array) -> dict:
     tokens = jnp.zeros((1, cfg.n_ctx), jnp.int32)
     return Transformer(cfg).init(key, tokens, _Sites(None, ()))["params"]
-
-
-def flatten_params(params: dict) -> dict[str, jax.Array]:
-    """{'blocks.0.attn.W_Q': array, ...}: the keys of a HookedTransformer state dict."""
-    flat = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        keys = [p.key for p in path]
-        if keys[0].startswith("blocks_"):
-            keys[0] = "blocks." + keys[0][len("blocks_"):]
-        flat[".".join(keys)] = leaf
-    return flat
-
-
-def unflatten_params(flat: dict) -> dict:
-    """Inverse of `flatten_params`."""
-    params: dict = {}
-    for name, leaf in flat.items():
-        keys = name.split(".")
-        if keys[0] == "blocks":
-            keys = [f"blocks_{keys[1]}"] + keys[2:]
-        node = params
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-        node[keys[-1]] = leaf
-    return params
 
 
 def _forward(cfg, params, tokens, intervention, capture, key_padding_mask, fixed_positions=None, row_positions=None):

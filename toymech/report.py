@@ -6,11 +6,17 @@ caption saying what it shows) and tables. `Report.write(workdir)` renders it to
 `workdir/report.html`; the page has its CSS inline and no scripts, so the
 workdir folder alone (page + figures/) is the whole report.
 
-    rep = Report("Grokking: modular addition", intro="...")
+    rep = Report("Grokking: modular addition", intro="...", directory=wd.path)
     sec = rep.section("Training")
-    sec.figure(wd.relative(path), "Train and test loss (log scale) ...")
+    sec.figure("loss_curves", plots.curves, "Train and test loss (log scale) ...",
+               {"train": (epochs, loss)}, log_y=True)    # draws figures/loss_curves.png
     sec.table(["measure", "value"], [["final test accuracy", 1.0]])
     rep.write(wd.report_path)
+
+`Section.figure(name, plot_fn, caption, *args, **kwargs)` calls
+`plot_fn(<directory>/figures/<name>.png, *args, **kwargs)` and links the file,
+so a study names each figure once; `Section.image(src, caption)` links a PNG
+that already exists.
 
 `check_report(path)` parses a written page and verifies it is well formed and
 that every image it references exists (used by each study's tests).
@@ -112,12 +118,16 @@ class _Table:
         return "".join(out)
 
 
+FIGURES = "figures"  # the figures' folder, relative to the report's directory
+
+
 class Section:
     """One titled part of a report; add blocks in reading order."""
 
-    def __init__(self, title: str, anchor: str):
+    def __init__(self, title: str, anchor: str, directory: Path | None = None):
         self.title = title
         self.anchor = anchor
+        self.directory = directory
         self.blocks: list[Any] = []
 
     def text(self, text: str, *, note: bool = False) -> Section:
@@ -125,8 +135,22 @@ class Section:
         self.blocks.append(_Paragraph(text, note))
         return self
 
-    def figure(self, src: str, caption: str) -> Section:
-        """An image at `src` (relative to the page) with a one-line caption."""
+    def figure(self, name: str, plot_fn, caption: str, *args, **kwargs) -> Section:
+        """Draws figures/<name>.png with `plot_fn(path, *args, **kwargs)` (e.g. `plots.curves`)
+        under the report's directory and adds it with a one-line caption."""
+        if self.directory is None:
+            raise ValueError(f"figure {name!r}: this report has no directory (Report(..., directory=...)); "
+                             "use Section.image for a PNG that already exists")
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            raise ValueError(f"figure name must be a plain file stem, got {name!r}")
+        if not caption.strip():
+            raise ValueError(f"figure {name!r} needs a caption saying what it shows")
+        (self.directory / FIGURES).mkdir(parents=True, exist_ok=True)
+        plot_fn(self.directory / FIGURES / f"{name}.png", *args, **kwargs)
+        return self.image(f"{FIGURES}/{name}.png", caption)
+
+    def image(self, src: str, caption: str) -> Section:
+        """An existing image at `src` (relative to the page) with a one-line caption."""
         if not caption.strip():
             raise ValueError(f"figure {src!r} needs a caption saying what it shows")
         if os.path.isabs(src) or src.startswith(".."):
@@ -155,9 +179,12 @@ class Section:
 class Report:
     """A titled page of sections, rendered to one self-contained HTML file."""
 
-    def __init__(self, title: str, intro: str | None = None):
+    def __init__(self, title: str, intro: str | None = None, directory: str | os.PathLike | None = None):
+        """`directory`: where the page and its figures/ go (a run's workdir); needed by
+        `Section.figure`."""
         self.title = title
         self.intro = intro
+        self.directory = None if directory is None else Path(directory)
         self.sections: list[Section] = []
 
     def section(self, title: str, position: int | None = None) -> Section:
@@ -167,7 +194,7 @@ class Report:
         base, n = anchor, 2
         while anchor in taken:
             anchor, n = f"{base}-{n}", n + 1
-        sec = Section(title, anchor)
+        sec = Section(title, anchor, self.directory)
         self.sections.insert(len(self.sections) if position is None else position, sec)
         return sec
 

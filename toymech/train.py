@@ -62,7 +62,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from toymech import checkpoint as ckpt
-from toymech.model import flatten_params
+from toymech.params import flatten_params
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "warmup", "warmup_cosine", "linear", "piecewise", "custom")

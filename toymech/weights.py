@@ -15,6 +15,8 @@ what its docstring says, up to float rounding:
 | refactor_factored_attn_matrices   | exact                   | exact     | hook_q/k/v/z, hook_result         |
 
 `process_weights` applies the usual combination in TransformerLens's order.
+`zero_weights` (params -> params) zeroes named weights, e.g. for the weight
+ablations of study 2.
 All functions use jnp only, so they also run under jit (with `cfg` static) or
 vmap (over a stack of models).
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from toymech.config import ModelConfig
+from toymech.params import flatten_params, unflatten_params
 
 
 def _blocks(cfg: ModelConfig):
@@ -226,3 +229,24 @@ _STEPS = {
     "fold_value_biases": fold_value_biases,
     "refactor_factored_attn_matrices": refactor_factored_attn_matrices,
 }
+
+
+_HEAD_WEIGHTS = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")
+
+
+def zero_weights(params, *names: str, head: int | None = None):
+    """Returns params with the named weights (TransformerLens names, e.g.
+    'blocks.0.mlp.W_out') set to zero; `head` restricts per-head weights
+    (W_Q/W_K/W_V/W_O, b_Q/b_K/b_V) to that head's slice."""
+    flat = dict(flatten_params(params))
+    for name in names:
+        if name not in flat:
+            raise ValueError(f"zero_weights: no parameter named {name!r}; parameters are {sorted(flat)}")
+        w = flat[name]
+        if head is None:
+            flat[name] = jnp.zeros_like(w)
+        elif name.rsplit(".", 1)[-1] in _HEAD_WEIGHTS:
+            flat[name] = w.at[head].set(0)
+        else:
+            raise ValueError(f"zero_weights: {name} has no head axis; drop head={head}")
+    return unflatten_params(flat)

@@ -9,7 +9,9 @@ cosine similarities.
     also returns the scores; `pca_transform` scores new data.
 * `project_onto` / `project_out` keep or remove the span of a set of
     directions (they need not be orthonormal); `orthonormal_basis` is the
-    rank-revealing basis they use.
+    rank-revealing basis they use. They live in `toymech.projections` (the
+    interventions use them too, below the analysis layer) and are re-exported
+    here.
 * `cosine_similarity` compares vectors with a set of reference vectors, e.g.
     final residuals with the token embeddings.
 
@@ -24,7 +26,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from toymech.projections import orthonormal_basis, project_onto, project_out  # re-exported
+
 Array = jax.Array
+
+__all__ = ["SVD", "PCA", "svd", "pca", "pca_transform", "orthonormal_basis", "project_onto",
+           "project_out", "cosine_similarity"]
 
 
 class SVD(NamedTuple):
@@ -114,37 +121,6 @@ def pca_transform(result: PCA, x: Array) -> Array:
     """Coordinates of new data x [..., n, d] on fitted components -> [..., n, k]."""
     return jnp.einsum("...nd,...kd->...nk", x - result.mean[..., None, :],
                       result.components)
-
-
-def orthonormal_basis(directions: Array,
-                      rtol: float | None = None) -> tuple[Array, Array]:
-    """Orthonormal basis of the span of directions [k, d] (or [d]).
-
-    Returns (basis [r, d], valid [r] bool), r = min(k, d): rows of `basis`
-    with `valid` True
-    span the directions; the others are zero (directions that are linearly
-    dependent on the rest, or zero vectors). `rtol` (relative to the largest
-    singular value) defaults to eps * max(k, d).
-    """
-    directions = jnp.atleast_2d(jnp.asarray(directions))
-    k, d = directions.shape[-2:]
-    _, s, vh = jnp.linalg.svd(directions, full_matrices=False)  # vh [.., r, d]
-    tol = (jnp.finfo(s.dtype).eps * max(k, d) if rtol is None else rtol)
-    valid = s > tol * s[..., :1]
-    basis = jnp.where(valid[..., None], vh, 0.0)
-    return basis, valid
-
-
-def project_onto(x: Array, directions: Array) -> Array:
-    """Component of x [..., d] in the span of directions [k, d] (or [d])."""
-    basis, _ = orthonormal_basis(directions)
-    return jnp.einsum("...d,kd,ke->...e", x, basis, basis)
-
-
-def project_out(x: Array, directions: Array) -> Array:
-    """x [..., d] with its component in the span of directions [k, d] removed
-    (e.g. the probe's "sum direction" removed from pooled hidden states)."""
-    return x - project_onto(x, directions)
 
 
 def cosine_similarity(x: Array, y: Array, eps: float = 1e-8) -> Array:

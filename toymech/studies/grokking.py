@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import sys
 import time
 from typing import Any
 
@@ -34,6 +33,8 @@ from toymech import experiment, plots, train
 from toymech.config import ModelConfig
 from toymech.report import Report
 from toymech.studies import grokking_addition, grokking_modular
+from toymech.studies import common
+from toymech.studies.common import first_epoch_at_least
 from toymech.tasks import grokking as gk
 
 
@@ -88,21 +89,9 @@ def train_model(config, wd: experiment.Workdir) -> TrainedRun:
                       result.train_history, result.eval_history, time.perf_counter() - t0)
 
 
-def metrics_rows(run: TrainedRun) -> list[dict]:
-    """One row per evaluation epoch: train loss/accuracy of that epoch, test loss/accuracy, lr."""
-    th, eh = run.train_history, run.eval_history
-    rows = []
-    for i, epoch in enumerate(eh["epoch"]):
-        j = int(epoch) - 1
-        rows.append({"step": int(epoch), "train/loss": th["loss"][j], "train/accuracy": th["accuracy"][j],
-                     "test/loss": eh["loss"][i], "test/accuracy": eh["accuracy"][i], "lr": th["lr"][j]})
-    return rows
-
-
-def first_epoch_at_least(epochs: np.ndarray, values: np.ndarray, level: float) -> int | None:
-    """The first epoch whose value is >= level, or None."""
-    hit = np.flatnonzero(np.asarray(values) >= level)
-    return int(epochs[hit[0]]) if hit.size else None
+# metrics.jsonl: one row per evaluation epoch, the train columns of that epoch.
+METRICS = {"train/loss": ("train", "loss"), "train/accuracy": ("train", "accuracy"), "test/loss": ("eval", "loss"),
+           "test/accuracy": ("eval", "accuracy"), "lr": ("train", "lr")}
 
 
 def training_summary(run: TrainedRun) -> dict:
@@ -135,29 +124,26 @@ def training_summary(run: TrainedRun) -> dict:
     }
 
 
-def training_section(run: TrainedRun, summary: dict, wd: experiment.Workdir, rep: Report,
+def training_section(run: TrainedRun, summary: dict, rep: Report,
                      phases: dict[str, int] | None = None) -> None:
     """Loss and accuracy curves with the key numbers (phase boundaries marked when given)."""
     th, eh = run.train_history, run.eval_history
     sec = rep.section("Training")
     step = max(1, len(th["epoch"]) // 2000)  # thin the per-epoch train curve for plotting
-    fig = wd.figure_path("loss_curves")
-    plots.curves(fig, {"train loss": (th["epoch"][::step], th["loss"][::step]),
-                       "test loss": (eh["epoch"], eh["loss"])},
-                 title="Train and test loss", xlabel="epoch", ylabel="cross-entropy (log scale)", log_y=True,
-                 vlines=phases)
     what = (", with the phase boundaries detected from the progress measures (dashed)" if phases else "")
-    sec.figure(wd.relative(fig),
+    sec.figure("loss_curves", plots.curves,
                f"Train loss (every epoch) and test loss (every {int(run.config.eval_every)} epochs), log scale"
                f"{what}. Grokking shows as test loss staying high long after train loss has collapsed, then "
                f"falling late. Sharp spikes are Adam 'slingshots': once gradients are near zero, Adam's normalised "
-               f"step is briefly large; the model recovers within tens of epochs.")
-    fig = plots.curves(wd.figure_path("accuracy_curves"),
-                       {"train accuracy": (th["epoch"][::step], th["accuracy"][::step]),
-                        "test accuracy": (eh["epoch"], eh["accuracy"])},
-                       title="Train and test accuracy", xlabel="epoch", ylabel="accuracy", vlines=phases)
-    sec.figure(wd.relative(fig), f"Train and test accuracy at the evaluation epochs; chance is "
-               f"{summary['chance_accuracy']:.3f}.")
+               f"step is briefly large; the model recovers within tens of epochs.",
+               {"train loss": (th["epoch"][::step], th["loss"][::step]), "test loss": (eh["epoch"], eh["loss"])},
+               title="Train and test loss", xlabel="epoch", ylabel="cross-entropy (log scale)", log_y=True,
+               vlines=phases)
+    sec.figure("accuracy_curves", plots.curves, f"Train and test accuracy at the evaluation epochs; chance is "
+               f"{summary['chance_accuracy']:.3f}.",
+               {"train accuracy": (th["epoch"][::step], th["accuracy"][::step]),
+                "test accuracy": (eh["epoch"], eh["accuracy"])},
+               title="Train and test accuracy", xlabel="epoch", ylabel="accuracy", vlines=phases)
     sec.key_values({
         "train examples / test examples": f"{summary['n_train']} / {summary['n_test']}",
         "epochs trained": summary["epochs_trained"],
@@ -216,12 +202,6 @@ def summary_section(h: dict, rep: Report) -> None:
     sec.text(words)
 
 
-def config_section(config, rep: Report) -> None:
-    sec = rep.section("Configuration")
-    flat = experiment.flatten_config(experiment.config_to_dict(config))
-    sec.table(["field", "value"], [[k, v] for k, v in flat.items()], caption="The run's config (config.json)")
-
-
 def train_and_evaluate(config, workdir) -> dict:
     """Train (or resume) the variant in `config`, run its analyses, write the workdir.
 
@@ -229,14 +209,15 @@ def train_and_evaluate(config, workdir) -> dict:
     `config.matmul_precision` ('highest': true float32 everywhere, no TF32 on GPUs).
     """
     t0 = time.perf_counter()
-    wd = experiment.open_workdir(workdir, config)
+    task_from_config(config)  # the config validates before the workdir records it
+    wd = common.open_workdir(workdir, config, "grokking")
     with jax.default_matmul_precision(config.matmul_precision):
         return _run(config, wd, t0)
 
 
 def _run(config, wd: experiment.Workdir, t0: float) -> dict:
     run = train_model(config, wd)
-    experiment.write_metrics(wd, metrics_rows(run))
+    nonfinite = common.write_metrics(wd, "grokking", run.train_history, run.eval_history, METRICS)
     summary = training_summary(run)
     results: dict[str, Any] = {"variant": config.variant, "setting": config.task, "training": summary}
     if run.task.modular:
@@ -245,20 +226,14 @@ def _run(config, wd: experiment.Workdir, t0: float) -> dict:
     else:
         title = f"Grokking (study 3a): plain addition of 0..{run.task.p - 1}, {config.variant} variant"
         intro = grokking_addition.INTRO
-    rep = Report(title, intro)
+    rep = Report(title, intro, directory=wd.path)
     if run.task.modular:
         measures = grokking_modular.progress_measures(run)
-        training_section(run, summary, wd, rep, measures.phases)
-        results["analysis"] = grokking_modular.analyze(run, measures, wd, rep)
+        training_section(run, summary, rep, measures.phases)
+        results["analysis"] = grokking_modular.analyze(run, measures, rep)
     else:
-        training_section(run, summary, wd, rep)
-        results["analysis"] = grokking_addition.analyze(run, wd, rep)
+        training_section(run, summary, rep)
+        results["analysis"] = grokking_addition.analyze(run, rep)
     results["headline"] = headline(run, summary, results["analysis"])
     summary_section(results["headline"], rep)
-    config_section(config, rep)
-    results["seconds_total_this_process"] = time.perf_counter() - t0
-    experiment.write_results(wd, results)
-    rep.write(wd.report_path)
-    print(f"[grokking] wrote {wd.report_path} and {wd.results_path} "
-          f"({results['seconds_total_this_process']:.0f}s)", file=sys.stderr)
-    return results
+    return common.finish("grokking", config, wd, rep, results, t0, nonfinite)

@@ -11,7 +11,7 @@ Analyses of the final model (all p*p inputs, `=` position):
                       a neuron joins a frequency's cluster at >= `neuron_cluster_threshold`
   W_logit             W_out W_U in the Fourier basis over the outputs, overall and per cluster
   logit periodicity   the logits over (a, b, c) fitted by sum_k coeff_k cos(w_k (a + b - c))
-and over every parameter snapshot (`toymech.analysis.progress.grokking_progress`):
+and over every parameter snapshot (`toymech.tasks.grokking.grokking_progress`):
   cosine coefficients per frequency, restricted loss (key frequencies only, test
   rows), excluded loss (key frequencies removed, train rows), sum of squared weights,
   Gini of the embedding's and W_logit's Fourier norms, and the three phases detected
@@ -30,7 +30,6 @@ import numpy as np
 
 from toymech import plots
 from toymech.analysis import fourier, progress
-from toymech.experiment import Workdir
 from toymech.report import Report
 from toymech.tasks import grokking as gk
 
@@ -61,7 +60,7 @@ class Measures:
     """Progress measures over the snapshots (numpy, leading axis [S]) and what is derived from them."""
 
     epochs: np.ndarray
-    measures: progress.ProgressMeasures
+    measures: gk.ProgressMeasures
     key_freqs: tuple[int, ...]
     phases: dict[str, int]
     phase_rules: dict[str, str]
@@ -128,7 +127,7 @@ def progress_measures(run) -> Measures:
     p, an = run.task.p, run.config.analysis
     keys = key_frequencies(run.params, p, float(an.key_frequency_fraction))
     stacked = jax.tree.map(jnp.asarray, run.snapshots)
-    m = _np_tree(progress.grokking_progress(run.cfg, stacked, run.data, keys))
+    m = _np_tree(gk.grokking_progress(run.cfg, stacked, run.data, keys))
     phases, rules = detect_phases(run.snapshot_epochs, m.test_loss, m.excluded_loss, p,
                                   float(an.cleanup_test_loss))
     return Measures(np.asarray(run.snapshot_epochs), m, keys, phases, rules)
@@ -146,7 +145,7 @@ def final_model_arrays(cfg, params, p: int, keys: tuple[int, ...]) -> dict:
     [p*p, p]; scalars otherwise.
     """
     W_E = params["embed"]["W_E"][:p]  # [p, d]
-    grid = progress.grid_forward(cfg, params, p)
+    grid = gk.grid_forward(cfg, params, p)
     acts = grid.post.reshape(p, p, -1)  # [a, b, m]
     W_logit = progress.neuron_logit_map(params)  # [m, p]
     labels = jnp.asarray(gk.labels(gk.AdditionTask(p)))
@@ -167,113 +166,135 @@ def final_model_arrays(cfg, params, p: int, keys: tuple[int, ...]) -> dict:
     }
 
 
-def analyze(run, meas: Measures, wd: Workdir, rep: Report) -> dict:
-    """All of study 3b on a trained run; adds report sections, returns the numbers."""
-    p, cfg, params, an = run.task.p, run.cfg, run.params, run.config.analysis
-    keys = list(meas.key_freqs)
-    arr = _np_tree(final_model_arrays(cfg, params, p, tuple(keys)))
-    out: dict = {}
-    basis, names = fourier.fourier_basis(p)
-    basis = np.asarray(basis)
-    ticks = lambda n: (list(range(0, p, n)), [names[i] for i in range(0, p, n)])
-    tick_step = max(1, p // 24)
+def fourier_ticks(p: int, step: int) -> tuple[list[int], list[str]]:
+    """Ticks for an axis of Fourier-basis rows ('Constant', 'cos 1', 'sin 1', ...): every row when
+    step is 1, else 'Constant' and the cos row of every (step // 2)-th frequency (its sin row follows)."""
+    names = fourier.fourier_basis(p)[1]
+    if step <= 1:
+        rows = list(range(p))
+    else:
+        rows = [0] + [fourier.component_index(p, k, "cos") for k in range(1, p // 2 + 1, step // 2)]
+    return rows, [names[r] for r in rows]
 
-    # ---------------------------------------------------------------- Fourier basis and embedding
+
+def embedding_numbers(arr: dict, keys: list[int]) -> dict:
+    """How much of the embedding's norm the key frequencies carry (`arr`: `final_model_arrays`)."""
+    freq_norms = arr["frequency_norms"]
+    return {"frequency_norms": freq_norms, "constant_norm": freq_norms[0],
+            "fraction_of_norm_squared_in_key_frequencies":
+                float((freq_norms[keys] ** 2).sum() / (freq_norms ** 2).sum()),
+            "gini_of_component_norms": float(arr["embedding_gini"])}
+
+
+def embedding_section(emb: dict, arr: dict, keys: list[int], p: int, an, rep: Report) -> None:
+    ticks, tick_step = functools.partial(fourier_ticks, p), _tick_step(p)
     sec = rep.section("Fourier basis and the embedding")
-    f = plots.heatmap(wd.figure_path("fourier_basis"), basis, center=True, title=f"Fourier basis of Z_{p}",
-                      xlabel="input x", ylabel="basis vector", yticks=ticks(tick_step), origin_lower=False)
-    sec.figure(wd.relative(f), f"The orthonormal real Fourier basis for p = {p}: constant, then cos k and sin k "
-               f"for k = 1..{p // 2} (an even p also gets cos(πx)); rows are orthonormal.")
-    emb_f, comp_norms, freq_norms = arr["embedding_fourier"], arr["component_norms"], arr["frequency_norms"]
-    f = plots.heatmap(wd.figure_path("embedding_fourier"), emb_f, center=True, xlabel="residual stream dimension",
-                      ylabel="Fourier component", yticks=ticks(tick_step), origin_lower=False,
-                      title="Embedding W_E[:p] in the Fourier basis")
-    sec.figure(wd.relative(f), "The number embeddings rewritten in the Fourier basis (rows: components, columns: "
-               "d_model): after grokking only the few key frequencies' cos/sin rows are non-zero.")
-    ks = np.arange(1, p // 2 + 1)
+    sec.figure("fourier_basis", plots.heatmap,
+               f"The orthonormal real Fourier basis for p = {p}: constant, then cos k and sin k "
+               f"for k = 1..{p // 2} (an even p also gets cos(πx)); rows are orthonormal.",
+               np.asarray(fourier.fourier_basis(p)[0]), center=True, title=f"Fourier basis of Z_{p}",
+               xlabel="input x", ylabel="basis vector", yticks=ticks(tick_step), origin_lower=False)
+    sec.figure("embedding_fourier", plots.heatmap,
+               "The number embeddings rewritten in the Fourier basis (rows: components, columns: "
+               "d_model): after grokking only the few key frequencies' cos/sin rows are non-zero.",
+               arr["embedding_fourier"], center=True, xlabel="residual stream dimension", ylabel="Fourier component",
+               yticks=ticks(tick_step), origin_lower=False, title="Embedding W_E[:p] in the Fourier basis")
+    comp_norms, ks = arr["component_norms"], np.arange(1, p // 2 + 1)
     cos_n = np.array([comp_norms[fourier.component_index(p, k, "cos")] for k in ks])
     sin_n = np.array([comp_norms[fourier.component_index(p, k, "sin")] if (2 * k != p) else 0.0 for k in ks])
-    f = plots.bars(wd.figure_path("embedding_fourier_norms"), ks, {"cos": cos_n, "sin": sin_n},
-                   xlabel="frequency k", ylabel="norm", title="Norms of the embedding's Fourier components",
-                   width=10)
-    sec.figure(wd.relative(f), f"Norm over d_model of each cos/sin component of the embedding. Key frequencies "
-               f"(norm >= {float(an.key_frequency_fraction):g} x the largest): {keys}.")
-    out["embedding"] = {"frequency_norms": freq_norms, "constant_norm": freq_norms[0],
-                        "fraction_of_norm_squared_in_key_frequencies":
-                            float((freq_norms[keys] ** 2).sum() / (freq_norms ** 2).sum()),
-                        "gini_of_component_norms": float(arr["embedding_gini"])}
-    out["key_frequencies"] = keys
+    sec.figure("embedding_fourier_norms", plots.bars,
+               f"Norm over d_model of each cos/sin component of the embedding. Key frequencies "
+               f"(norm >= {float(an.key_frequency_fraction):g} x the largest): {keys}.",
+               ks, {"cos": cos_n, "sin": sin_n}, xlabel="frequency k", ylabel="norm",
+               title="Norms of the embedding's Fourier components", width=10)
     sec.key_values({"key frequencies": keys,
-                    "share of the embedding's squared norm in them":
-                        out["embedding"]["fraction_of_norm_squared_in_key_frequencies"],
-                    "Gini of the component norms": out["embedding"]["gini_of_component_norms"]},
+                    "share of the embedding's squared norm in them": emb["fraction_of_norm_squared_in_key_frequencies"],
+                    "Gini of the component norms": emb["gini_of_component_norms"]},
                    caption="Key frequencies (they depend on the seed: the TransformerLens demo found 17, 25, 32, "
                            "47; Nanda et al.'s seed 14, 35, 41, 42, 52)")
 
-    # ---------------------------------------------------------------- neurons
-    post, fractions, f2d = arr["post"], arr["neuron_fractions"], arr["neuron_fourier_2d"]  # f2d [p, p, m]
-    clusters = fourier.neuron_clusters(fractions, float(an.neuron_cluster_threshold))
-    c_freq, c_frac, c_in = (np.asarray(x) for x in clusters)
+
+def _clusters(arr: dict, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(best frequency, its explained fraction, clustered?) per neuron, each [d_mlp]."""
+    return tuple(np.asarray(x) for x in fourier.neuron_clusters(arr["neuron_fractions"], threshold))
+
+
+def neuron_numbers(arr: dict, keys: list[int], threshold: float) -> dict:
+    """Neurons clustered by the frequency that explains >= `threshold` of their variance over (a, b)."""
+    c_freq, c_frac, c_in = _clusters(arr, threshold)
     counts = {int(k): int(((c_freq == k) & c_in).sum()) for k in np.unique(c_freq[c_in])}
-    sec = rep.section("Neurons in the 2-D Fourier basis")
-    centred_norms = np.linalg.norm(f2d, axis=-1)  # [p, p]
-    centred_norms[0, 0] = 0.0  # centring the activations removes only the (constant, constant) term
-    f = plots.heatmap(wd.figure_path("neuron_fourier_norms"), centred_norms,
-                      xlabel="Fourier component of b", ylabel="Fourier component of a", origin_lower=False,
-                      xticks=ticks(tick_step), yticks=ticks(tick_step),
-                      title="Norm over neurons of the 2-D Fourier components", width=7.5, height=6.5)
-    sec.figure(wd.relative(f), "For each pair of Fourier components (of a, of b), the norm over all neurons of "
-               "the centred activations' 2-D coefficient: the mass sits on constant x key-frequency and key x "
-               "same-key terms, i.e. on cos/sin(w(a+b)) products.")
     examples = []
     for k in keys[:N_NEURON_EXAMPLES]:
         members = np.flatnonzero((c_freq == k) & c_in)
         if members.size:
             examples.append(int(members[np.argmax(c_frac[members])]))
-    examples = examples or [0]
-    f = plots.heatmaps(wd.figure_path("neuron_examples_fourier"),
-                       [np.abs(f2d[:, :, n]) for n in examples],
-                       [f"neuron {n} (freq {int(c_freq[n])}, {c_frac[n]:.0%})" for n in examples],
-                       xlabel="component of b", ylabel="component of a", xticks=ticks(tick_step * 2),
-                       yticks=ticks(tick_step * 2), ncols=len(examples), panel=4.8)
-    sec.figure(wd.relative(f), "|2-D Fourier transform| of single neurons' activations over (a, b) (one per key "
-               "frequency, the neuron best explained by it): each lights up only its frequency's constant/cos/sin "
-               "terms.")
+    return {"threshold": threshold, "neurons_per_frequency": counts,
+            "clustered_neurons": int(c_in.sum()), "neurons": int(len(c_in)),
+            "clustered_neurons_on_key_frequencies": int(sum(v for k, v in counts.items() if k in keys)),
+            "dead_neurons": int((arr["post"].std(0) == 0).sum()),
+            "example_neurons": examples or [0]}
 
+
+def neuron_sections(nc: dict, arr: dict, keys: list[int], p: int, rep: Report) -> None:
+    ticks, tick_step = functools.partial(fourier_ticks, p), _tick_step(p)
+    c_freq, c_frac, c_in = _clusters(arr, nc["threshold"])
+    f2d, examples = arr["neuron_fourier_2d"], nc["example_neurons"]  # f2d [p, p, m]
+    sec = rep.section("Neurons in the 2-D Fourier basis")
+    centred_norms = np.linalg.norm(f2d, axis=-1)  # [p, p]
+    centred_norms[0, 0] = 0.0  # centring the activations removes only the (constant, constant) term
+    sec.figure("neuron_fourier_norms", plots.heatmap,
+               "For each pair of Fourier components (of a, of b), the norm over all neurons of "
+               "the centred activations' 2-D coefficient: the mass sits on constant x key-frequency and key x "
+               "same-key terms, i.e. on cos/sin(w(a+b)) products.",
+               centred_norms, xlabel="Fourier component of b", ylabel="Fourier component of a", origin_lower=False,
+               xticks=ticks(tick_step), yticks=ticks(tick_step),
+               title="Norm over neurons of the 2-D Fourier components", width=7.5, height=6.5)
+    sec.figure("neuron_examples_fourier", plots.heatmaps,
+               "|2-D Fourier transform| of single neurons' activations over (a, b) (one per key "
+               "frequency, the neuron best explained by it): each lights up only its frequency's constant/cos/sin "
+               "terms.",
+               [np.abs(f2d[:, :, n]) for n in examples],
+               [f"neuron {n} (freq {int(c_freq[n])}, {c_frac[n]:.0%})" for n in examples], xlabel="component of b",
+               ylabel="component of a", xticks=ticks(tick_step * 2), yticks=ticks(tick_step * 2), ncols=len(examples),
+               panel=4.8)
     sec = rep.section("Neuron clusters by frequency")
     order = np.lexsort((-c_frac, c_freq))
-    f = plots.heatmap(wd.figure_path("neuron_frequency_fractions"), fractions[:, order], vmin=0, vmax=1,
-                      xlabel="neuron (sorted by best frequency)", ylabel="frequency k",
-                      yticks=(list(range(0, p // 2, tick_step)), [str(k + 1) for k in range(0, p // 2, tick_step)]),
-                      title="Fraction of each neuron's variance explained by each frequency", width=10, height=5)
-    sec.figure(wd.relative(f), "Each neuron's fraction of (non-constant) variance over (a, b) explained by each "
-               "frequency; neurons sorted by their best frequency: they form clusters on the key frequencies.")
-    f = plots.curves(wd.figure_path("neuron_max_fraction"), {"max over frequencies": (
-        np.arange(len(c_frac)), np.sort(c_frac))}, xlabel="neuron (sorted)", ylabel="fraction of variance",
-        title="Best single-frequency fraction per neuron", vlines=None)
-    sec.figure(wd.relative(f), f"Best single-frequency explained fraction of every neuron, sorted; "
-               f"{int(c_in.sum())} of {len(c_in)} neurons are >= {float(an.neuron_cluster_threshold):g} "
-               f"(clustered).")
-    out["neuron_clusters"] = {
-        "threshold": float(an.neuron_cluster_threshold), "neurons_per_frequency": counts,
-        "clustered_neurons": int(c_in.sum()), "neurons": int(len(c_in)),
-        "clustered_neurons_on_key_frequencies": int(sum(v for k, v in counts.items() if k in keys)),
-        "dead_neurons": int((post.std(0) == 0).sum()),
-        "example_neurons": examples,
-    }
+    sec.figure("neuron_frequency_fractions", plots.heatmap,
+               "Each neuron's fraction of (non-constant) variance over (a, b) explained by each "
+               "frequency; neurons sorted by their best frequency: they form clusters on the key frequencies.",
+               arr["neuron_fractions"][:, order], vmin=0, vmax=1, xlabel="neuron (sorted by best frequency)",
+               ylabel="frequency k",
+               yticks=(list(range(0, p // 2, tick_step)), [str(k + 1) for k in range(0, p // 2, tick_step)]),
+               title="Fraction of each neuron's variance explained by each frequency", width=10, height=5)
+    sec.figure("neuron_max_fraction", plots.curves,
+               f"Best single-frequency explained fraction of every neuron, sorted; "
+               f"{int(c_in.sum())} of {len(c_in)} neurons are >= {nc['threshold']:g} "
+               f"(clustered).",
+               {"max over frequencies": (np.arange(len(c_frac)), np.sort(c_frac))}, xlabel="neuron (sorted)",
+               ylabel="fraction of variance", title="Best single-frequency fraction per neuron", vlines=None)
     sec.table(["frequency", "neurons in cluster", "key frequency?"],
-              [[k, v, "yes" if k in keys else "no"] for k, v in sorted(counts.items())],
-              caption=f"Clusters: neurons whose best frequency explains >= "
-                      f"{float(an.neuron_cluster_threshold):g} of their variance")
+              [[k, v, "yes" if k in keys else "no"] for k, v in sorted(nc["neurons_per_frequency"].items())],
+              caption=f"Clusters: neurons whose best frequency explains >= {nc['threshold']:g} of their variance")
 
-    # ---------------------------------------------------------------- W_logit
-    wl_fourier, wl_norms = arr["W_logit_fourier"], arr["W_logit_component_norms"]  # [m, p], [p]
+
+def w_logit_numbers(arr: dict, keys: list[int], p: int) -> dict:
+    """W_logit's Fourier-component norms and the key frequencies' share of them."""
+    wl_norms = arr["W_logit_component_norms"]  # [p]
+    rows = [fourier.component_index(p, k, s) for k in keys for s in ("cos", "sin") if not (s == "sin" and 2 * k == p)]
+    return {"component_norms": wl_norms,
+            "fraction_of_norm_squared_in_key_frequencies": float((wl_norms[rows] ** 2).sum() / (wl_norms ** 2).sum())}
+
+
+def w_logit_section(arr: dict, keys: list[int], threshold: float, p: int, rep: Report) -> None:
+    c_freq, _, c_in = _clusters(arr, threshold)
+    wl_fourier = arr["W_logit_fourier"]  # [m, p]
     sec = rep.section("W_logit in the Fourier basis")
-    f = plots.bars(wd.figure_path("W_logit_fourier_norms"), list(names), wl_norms,
-                   xlabel="Fourier component of the output c", ylabel="norm over neurons",
-                   title="W_logit = W_out W_U in the Fourier basis", width=11, max_ticks=60)
-    sec.figure(wd.relative(f), "Norm over neurons of W_logit's coefficients on each Fourier component of the "
-               "output: the readout uses the key frequencies' cos and sin.")
+    sec.figure("W_logit_fourier_norms", plots.bars,
+               "Norm over neurons of W_logit's coefficients on each Fourier component of the "
+               "output: the readout uses the key frequencies' cos and sin.",
+               list(fourier.fourier_basis(p)[1]), arr["W_logit_component_norms"],
+               xlabel="Fourier component of the output c", ylabel="norm over neurons",
+               title="W_logit = W_out W_U in the Fourier basis", width=11, max_ticks=60)
     panels, titles = [], []
     for k in keys:
         members = (c_freq == k) & c_in
@@ -281,21 +302,19 @@ def analyze(run, meas: Measures, wd: Workdir, rep: Report) -> dict:
             panels.append(np.linalg.norm(wl_fourier[members], axis=0))
             titles.append(f"frequency {k} cluster ({int(members.sum())} neurons)")
     if panels:
-        f = plots.line_panels(wd.figure_path("W_logit_fourier_by_cluster"), np.arange(p),
-                              [{"norm": v} for v in panels], titles, xlabel="Fourier component index",
-                              ylabel="norm", markers=False)
-        sec.figure(wd.relative(f), "W_logit restricted to each key frequency's neuron cluster, in the Fourier "
-                   "basis: each cluster writes (almost) only its own frequency's cos/sin (components 2k-1, 2k).")
-    out["W_logit"] = {"component_norms": wl_norms,
-                      "fraction_of_norm_squared_in_key_frequencies": float(
-                          (wl_norms[[fourier.component_index(p, k, s) for k in keys for s in ("cos", "sin")
-                                     if not (s == "sin" and 2 * k == p)]] ** 2).sum() / (wl_norms ** 2).sum())}
+        sec.figure("W_logit_fourier_by_cluster", plots.line_panels,
+                   "W_logit restricted to each key frequency's neuron cluster, in the Fourier "
+                   "basis: each cluster writes (almost) only its own frequency's cos/sin (components 2k-1, 2k).",
+                   np.arange(p), [{"norm": v} for v in panels], titles, xlabel="Fourier component index", ylabel="norm",
+                   markers=False)
 
-    # ---------------------------------------------------------------- logit periodicity
+
+def periodicity_numbers(arr: dict, keys: list[int]) -> dict:
+    """The logits' projection on cos(w_k (a + b - c)) for the key frequencies, against a random baseline."""
     logits = arr["logits"]  # [p*p, p]
     rnd = np.random.default_rng(0).standard_normal(logits.shape)
     sims = arr["periodicity_cosine_sims"]
-    out["logit_periodicity"] = {
+    return {
         "key_frequencies": keys, "coefficients": arr["periodicity_coefficients"], "cosine_similarities": sims,
         "total_cosine_similarity": float(np.sqrt((sims ** 2).sum())),
         "residual_fraction_of_norm": float(arr["periodicity_residual_fraction"]),
@@ -305,7 +324,9 @@ def analyze(run, meas: Measures, wd: Workdir, rep: Report) -> dict:
         "loss_of_periodic_approximation_all_inputs": float(arr["loss_periodic"]),
         "accuracy_of_periodic_approximation": float(arr["accuracy_periodic"]),
     }
-    lp = out["logit_periodicity"]
+
+
+def periodicity_section(lp: dict, logits: np.ndarray, p: int, rep: Report) -> None:
     sec = rep.section("Logit periodicity")
     sec.text(f"The logits over all (a, b, c) projected on the unit 'cos cubes' cos(w_k (a + b − c)), w_k = 2πk/p, "
              f"for the key frequencies: together they carry a cosine similarity of "
@@ -316,62 +337,91 @@ def analyze(run, meas: Measures, wd: Workdir, rep: Report) -> dict:
              f"{lp['accuracy_of_periodic_approximation']:.3f} on all inputs (model: "
              f"{lp['loss_of_model_logits_all_inputs']:.3g}).")
     sec.table(["key frequency", "coefficient", "cosine similarity"],
-              [[k, c, s] for k, c, s in zip(keys, lp["coefficients"], lp["cosine_similarities"])],
+              [[k, c, s] for k, c, s in zip(lp["key_frequencies"], lp["coefficients"], lp["cosine_similarities"])],
               caption="Logits ≈ Σ_k coefficient_k · cos(w_k (a + b − c)) / ||cos cube||")
     a0 = 0
-    f = plots.heatmap(wd.figure_path("logits_slice"), logits.reshape(p, p, p)[a0], center=True,
-                      xlabel="output c", ylabel="b", title=f"Logits for a = {a0} over (b, c)")
-    sec.figure(wd.relative(f), f"The logits for a = {a0} over (b, c): stripes along c − b = const, i.e. a "
-               f"function of a + b − c, as the cos(w(a + b − c)) form predicts.")
+    sec.figure("logits_slice", plots.heatmap,
+               f"The logits for a = {a0} over (b, c): stripes along c − b = const, i.e. a "
+               f"function of a + b − c, as the cos(w(a + b − c)) form predicts.",
+               logits.reshape(p, p, p)[a0], center=True, xlabel="output c", ylabel="b",
+               title=f"Logits for a = {a0} over (b, c)")
 
-    # ---------------------------------------------------------------- progress measures
-    e, m = meas.epochs, meas.measures
-    sec = rep.section("Progress measures over training")
-    sec.text("Every snapshot's measures, computed in one jitted call (toymech.analysis.progress). Restricted loss: "
-             "test loss of the model with its neuron activations reduced to the mean plus their components "
-             "along cos/sin(w_k(a+b)) for the key frequencies of the final model (logit bias-corrected as in the "
-             "notebook). Excluded loss: train loss with those components removed. Phase boundaries (dashed) are "
-             "detected from the measures: " + "; ".join(f"{k}: {v}" for k, v in meas.phase_rules.items()) + ".")
-    f = plots.curves(wd.figure_path("progress_losses"), {
-        "train loss": (e, m.train_loss), "test loss": (e, m.test_loss),
-        "restricted loss (test)": (e, m.restricted_loss), "excluded loss (train)": (e, m.excluded_loss)},
-        log_y=True, vlines=meas.phases, xlabel="epoch", ylabel="loss (log scale)",
-        title="Train, test, restricted and excluded loss")
-    sec.figure(wd.relative(f), "Restricted loss falls well before the test loss (the generalising circuit forms "
-               "during the plateau) while the excluded loss rises (the model comes to depend on the key "
-               "frequencies); phase boundaries dashed.")
-    cos = m.cos_coefficients  # [S, p//2]
-    f = plots.curves(wd.figure_path("progress_cos_coefficients"),
-                     {f"freq {k}": (e, cos[:, k - 1]) for k in range(1, p // 2 + 1)}, highlight=[f"freq {k}" for k in keys],
-                     vlines=meas.phases, xlabel="epoch", ylabel="coefficient",
-                     title="Logit cosine coefficients per frequency (key frequencies bold)")
-    sec.figure(wd.relative(f), "Coefficient of the logits on each unit cos(w_k(a+b−c)) cube over training: the "
-               "key frequencies (coloured) grow through circuit formation; all others (grey) stay near zero.")
-    f = plots.curves(wd.figure_path("progress_weight_norm"), {"sum of squared weights": (e, m.sum_squared_weights)},
-                     vlines=meas.phases, xlabel="epoch", ylabel="Σ w²", title="Total weight norm")
-    sec.figure(wd.relative(f), "Sum of squared weights: weight decay shrinks it throughout, fastest in cleanup "
-               "when the memorising components are removed.")
-    f = plots.curves(wd.figure_path("progress_gini"), {"embedding (Fourier components)": (e, m.gini_embedding),
-                                                       "W_logit (Fourier components)": (e, m.gini_logit)},
-                     vlines=meas.phases, xlabel="epoch", ylabel="Gini coefficient",
-                     title="Sparsity in the Fourier basis")
-    sec.figure(wd.relative(f), "Gini coefficient of the Fourier-component norms of W_E and of W_logit: it rises "
-               "as the model concentrates on a few frequencies.")
-    out["progress"] = {
+
+def progress_numbers(meas: Measures) -> dict:
+    """The progress measures over the snapshots and the detected phases, as results."""
+    e, m, cos = meas.epochs, meas.measures, meas.measures.cos_coefficients  # cos [S, p//2]
+    return {
         "snapshot_epochs": e, "train_loss": m.train_loss, "test_loss": m.test_loss,
         "restricted_loss": m.restricted_loss, "excluded_loss": m.excluded_loss,
         "sum_squared_weights": m.sum_squared_weights, "gini_embedding": m.gini_embedding,
         "gini_logit": m.gini_logit,
-        "cos_coefficients_key_frequencies": {str(k): cos[:, k - 1] for k in keys},
+        "cos_coefficients_key_frequencies": {str(k): cos[:, k - 1] for k in meas.key_freqs},
         "phases": meas.phases, "phase_rules": meas.phase_rules,
     }
-    rows = []
-    for name in PHASE_NAMES:
-        ref = NANDA_REFERENCE["phase_boundaries"][name] if run.config.variant == "nanda" else None
-        rows.append([name, meas.phases.get(name, "not reached"), meas.phase_rules[name]]
-                    + ([ref] if run.config.variant == "nanda" else []))
-    sec.table(["boundary", "epoch", "rule"] + (["reference run (drawn by hand)"] if run.config.variant == "nanda"
-                                             else []), rows, caption="Phase boundaries detected from the measures")
+
+
+def progress_section(meas: Measures, p: int, nanda: bool, rep: Report):
+    """The measures' curves and the phase table; returns the section (the nanda comparison goes there)."""
+    e, m, keys = meas.epochs, meas.measures, list(meas.key_freqs)
+    sec = rep.section("Progress measures over training")
+    sec.text("Every snapshot's measures, computed in one jitted call (toymech.tasks.grokking.grokking_progress). "
+             "Restricted loss: test loss of the model with its neuron activations reduced to the mean plus their "
+             "components along cos/sin(w_k(a+b)) for the key frequencies of the final model (logit bias-corrected "
+             "as in the notebook). Excluded loss: train loss with those components removed. Phase boundaries "
+             "(dashed) are detected from the measures: "
+             + "; ".join(f"{k}: {v}" for k, v in meas.phase_rules.items()) + ".")
+    sec.figure("progress_losses", plots.curves,
+               "Restricted loss falls well before the test loss (the generalising circuit forms "
+               "during the plateau) while the excluded loss rises (the model comes to depend on the key "
+               "frequencies); phase boundaries dashed.",
+               {"train loss": (e, m.train_loss), "test loss": (e, m.test_loss),
+                "restricted loss (test)": (e, m.restricted_loss), "excluded loss (train)": (e, m.excluded_loss)},
+               log_y=True, vlines=meas.phases, xlabel="epoch", ylabel="loss (log scale)",
+               title="Train, test, restricted and excluded loss")
+    cos = m.cos_coefficients  # [S, p//2]
+    sec.figure("progress_cos_coefficients", plots.curves,
+               "Coefficient of the logits on each unit cos(w_k(a+b−c)) cube over training: the "
+               "key frequencies (coloured) grow through circuit formation; all others (grey) stay near zero.",
+               {f"freq {k}": (e, cos[:, k - 1]) for k in range(1, p // 2 + 1)}, highlight=[f"freq {k}" for k in keys],
+               vlines=meas.phases, xlabel="epoch", ylabel="coefficient",
+               title="Logit cosine coefficients per frequency (key frequencies bold)")
+    sec.figure("progress_weight_norm", plots.curves,
+               "Sum of squared weights: weight decay shrinks it throughout, fastest in cleanup "
+               "when the memorising components are removed.",
+               {"sum of squared weights": (e, m.sum_squared_weights)}, vlines=meas.phases, xlabel="epoch",
+               ylabel="Σ w²", title="Total weight norm")
+    sec.figure("progress_gini", plots.curves,
+               "Gini coefficient of the Fourier-component norms of W_E and of W_logit: it rises "
+               "as the model concentrates on a few frequencies.",
+               {"embedding (Fourier components)": (e, m.gini_embedding),
+                "W_logit (Fourier components)": (e, m.gini_logit)},
+               vlines=meas.phases, xlabel="epoch", ylabel="Gini coefficient", title="Sparsity in the Fourier basis")
+    rows = [[name, meas.phases.get(name, "not reached"), meas.phase_rules[name]]
+            + ([NANDA_REFERENCE["phase_boundaries"][name]] if nanda else []) for name in PHASE_NAMES]
+    sec.table(["boundary", "epoch", "rule"] + (["reference run (drawn by hand)"] if nanda else []), rows,
+              caption="Phase boundaries detected from the measures")
+    return sec
+
+
+def _tick_step(p: int) -> int:
+    return max(1, p // 24)
+
+
+def analyze(run, meas: Measures, rep: Report) -> dict:
+    """All of study 3b on a trained run: each analysis's numbers, then its section."""
+    p, an, keys = run.task.p, run.config.analysis, list(meas.key_freqs)
+    arr = _np_tree(final_model_arrays(run.cfg, run.params, p, tuple(keys)))
+    threshold = float(an.neuron_cluster_threshold)
+    out: dict = {"embedding": embedding_numbers(arr, keys), "key_frequencies": keys}
+    embedding_section(out["embedding"], arr, keys, p, an, rep)
+    out["neuron_clusters"] = neuron_numbers(arr, keys, threshold)
+    neuron_sections(out["neuron_clusters"], arr, keys, p, rep)
+    out["W_logit"] = w_logit_numbers(arr, keys, p)
+    w_logit_section(arr, keys, threshold, p, rep)
+    out["logit_periodicity"] = periodicity_numbers(arr, keys)
+    periodicity_section(out["logit_periodicity"], arr["logits"], p, rep)
+    out["progress"] = progress_numbers(meas)
+    sec = progress_section(meas, p, run.config.variant == "nanda", rep)
     if run.config.variant == "nanda":
         out["reference_comparison"] = _nanda_comparison(run, meas, keys, sec)
     return out

@@ -10,7 +10,7 @@
    notebook's `evaluate_model` does;
 3. writes metrics.jsonl (one row per epoch: loss, lr, train and holdout accuracy);
 4. analyses the final model on the holdout sequences:
-   * weight ablations (`interventions.zero_weights`): layer-0 MLP W_out, layer-1
+   * weight ablations (`weights.zero_weights`): layer-0 MLP W_out, layer-1
      MLP W_out, layer-0 attention W_O (the notebook's three) and layer-1 attention
      W_O, all scored in one vmapped call over the stacked parameter sets;
    * cosine similarity of the final residual stream at the output positions with
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import sys
 import time
 from typing import Any
 
@@ -46,12 +45,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import toymech as tm
-from toymech import experiment, plots, train
-from toymech import interventions as iv
+from toymech import experiment, plots, train, weights
 from toymech.analysis import linalg
 from toymech.config import ModelConfig
 from toymech.report import Report
-from toymech.studies.grokking import config_section, first_epoch_at_least
+from toymech.studies import common
+from toymech.studies.common import first_epoch_at_least
 from toymech.tasks import reverse as rv
 
 INTRO = (
@@ -142,17 +141,18 @@ def seed_sweep(config, wd: experiment.Workdir) -> dict | None:
             "holdout_accuracy": result.eval_history["holdout_accuracy"]}
 
 
-def seed_sweep_section(sweep: dict, run: TrainedRun, wd: experiment.Workdir, rep: Report) -> dict:
+def seed_sweep_section(sweep: dict, run: TrainedRun, rep: Report) -> dict:
     """Report section and numbers of a seed sweep (see `seed_sweep`)."""
     epochs, acc = sweep["epochs"], np.asarray(sweep["holdout_accuracy"])  # [S, E]
     first = [first_epoch_at_least(epochs, a, 1.0) for a in acc]
     sec = rep.section("Seeds")
-    f = plots.curves(wd.figure_path("seed_sweep"), {f"seed {s}": (epochs, a) for s, a in zip(sweep["seeds"], acc)},
-                     title="Holdout accuracy of the same recipe from different seeds", xlabel="epoch",
-                     ylabel="holdout accuracy", highlight=(f"seed {int(run.config.seed)}",),
-                     vlines={"notebook: 100% from here": NOTEBOOK["first_epoch_holdout_accuracy_100"]})
-    sec.figure(wd.relative(f), f"The training recipe run from {len(acc)} seeds at once (train_many, vmapped): "
-               "the initialisation decides whether the 4-dimensional model finds the full algorithm.")
+    sec.figure("seed_sweep", plots.curves,
+               f"The training recipe run from {len(acc)} seeds at once (train_many, vmapped): "
+               "the initialisation decides whether the 4-dimensional model finds the full algorithm.",
+               {f"seed {s}": (epochs, a) for s, a in zip(sweep["seeds"], acc)},
+               title="Holdout accuracy of the same recipe from different seeds", xlabel="epoch",
+               ylabel="holdout accuracy", highlight=(f"seed {int(run.config.seed)}",),
+               vlines={"notebook: 100% from here": NOTEBOOK["first_epoch_holdout_accuracy_100"]})
     sec.table(["seed", "final holdout accuracy", "best holdout accuracy", "first epoch at 100%"],
               [[s, float(a[-1]), float(a.max()), e] for s, a, e in zip(sweep["seeds"], acc, first)],
               caption="Holdout accuracy per seed (the notebook's run: 100% from epoch 19)")
@@ -161,13 +161,10 @@ def seed_sweep_section(sweep: dict, run: TrainedRun, wd: experiment.Workdir, rep
             "fraction_of_seeds_reaching_100": float(np.mean([e is not None for e in first]))}
 
 
-def metrics_rows(run: TrainedRun) -> list[dict]:
-    """One row per epoch, as the notebook prints: loss, lr, train and holdout accuracy."""
-    th, eh = run.train_history, run.eval_history
-    return [{"step": int(e), "train/loss": th["loss"][i], "train/batch_accuracy": th["accuracy"][i],
-             "lr": th["lr"][i], "train/accuracy": eh["train_accuracy"][i], "train/eval_loss": eh["train_loss"][i],
-             "holdout/accuracy": eh["holdout_accuracy"][i], "holdout/loss": eh["holdout_loss"][i]}
-            for i, e in enumerate(th["epoch"])]
+# metrics.jsonl: one row per epoch, as the notebook prints: loss, lr, train and holdout accuracy.
+METRICS = {"train/loss": ("train", "loss"), "train/batch_accuracy": ("train", "accuracy"), "lr": ("train", "lr"),
+           "train/accuracy": ("eval", "train_accuracy"), "train/eval_loss": ("eval", "train_loss"),
+           "holdout/accuracy": ("eval", "holdout_accuracy"), "holdout/loss": ("eval", "holdout_loss")}
 
 
 # --------------------------------------------------------------------------- analyses
@@ -188,7 +185,7 @@ def weight_ablations(cfg: ModelConfig, params: dict, sequences: np.ndarray, name
     """Accuracy per output position with no ablation (row 0) and with each weight in
     `names` zeroed (rows 1..): [1 + len(names), 8], one vmapped call over the stacked
     parameter sets."""
-    variants = [params] + [iv.zero_weights(params, name) for name in names]
+    variants = [params] + [weights.zero_weights(params, name) for name in names]
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *variants)
     return np.asarray(_position_accuracy(cfg, stacked, jnp.asarray(sequences)))
 
@@ -250,31 +247,31 @@ def training_summary(run: TrainedRun) -> dict:
     }
 
 
-def training_section(run: TrainedRun, summary: dict, wd: experiment.Workdir, rep: Report) -> None:
+def training_section(run: TrainedRun, summary: dict, rep: Report) -> None:
     th, eh = run.train_history, run.eval_history
     ref = {"notebook: 100% holdout from here": NOTEBOOK["first_epoch_holdout_accuracy_100"]}
     sec = rep.section("Training")
-    f = plots.curves(wd.figure_path("loss_curves"), {"train loss (epoch mean)": (th["epoch"], th["loss"]),
-                                                     "holdout loss": (eh["epoch"], eh["holdout_loss"])},
-                     title="Cross-entropy on the output tokens", xlabel="epoch", ylabel="loss (log scale)",
-                     log_y=True, markers=True)
-    sec.figure(wd.relative(f), "Mean cross-entropy over the 8 output tokens: the epoch mean of the training "
-               "batches, and the holdout set after each epoch.")
-    f = plots.curves(wd.figure_path("accuracy_curves"), {"train": (eh["epoch"], eh["train_accuracy"]),
-                                                         "holdout": (eh["epoch"], eh["holdout_accuracy"])},
-                     title="Output-token accuracy after each epoch", xlabel="epoch", ylabel="accuracy",
-                     markers=True, vlines=ref)
-    sec.figure(wd.relative(f), "Accuracy over the 8 output tokens on the whole train set and the holdout set "
-               "after each epoch (as the notebook's evaluate_model).")
-    f = plots.curves(wd.figure_path("learning_rate"), {"lr": (th["epoch"], th["lr"])}, title="Learning rate",
-                     xlabel="epoch", ylabel="lr", markers=True)
+    sec.figure("loss_curves", plots.curves,
+               "Mean cross-entropy over the 8 output tokens: the epoch mean of the training "
+               "batches, and the holdout set after each epoch.",
+               {"train loss (epoch mean)": (th["epoch"], th["loss"]),
+                "holdout loss": (eh["epoch"], eh["holdout_loss"])},
+               title="Cross-entropy on the output tokens", xlabel="epoch", ylabel="loss (log scale)", log_y=True,
+               markers=True)
+    sec.figure("accuracy_curves", plots.curves,
+               "Accuracy over the 8 output tokens on the whole train set and the holdout set "
+               "after each epoch (as the notebook's evaluate_model).",
+               {"train": (eh["epoch"], eh["train_accuracy"]), "holdout": (eh["epoch"], eh["holdout_accuracy"])},
+               title="Output-token accuracy after each epoch", xlabel="epoch", ylabel="accuracy", markers=True,
+               vlines=ref)
     o = run.config.optimizer
     floor = f"{o.end:g} + " if o.end else ""
     schedule = (f"{o.lr:g} x (epoch+1)/{o.warmup} for {o.warmup} warmup epochs, then {o.lr:g} x ({floor}"
                 f"{(o.peak - o.end) / 2:g} (1 + cos(pi (epoch-{o.warmup})/{o.total - o.warmup}))) (with the "
                 "default config the notebook's LambdaLR, peaking at 1.3 x 6e-3)"
                 if o.schedule == "warmup_cosine" and o.schedule_unit == "epoch" else f"the '{o.schedule}' schedule")
-    sec.figure(wd.relative(f), f"The learning rate of each epoch: {schedule}.")
+    sec.figure("learning_rate", plots.curves, f"The learning rate of each epoch: {schedule}.",
+               {"lr": (th["epoch"], th["lr"])}, title="Learning rate", xlabel="epoch", ylabel="lr", markers=True)
     sec.key_values({
         "train / holdout sequences": f"{summary['n_train']} / {summary['n_holdout']}",
         "first epoch with 100% holdout accuracy (notebook 19)": summary["first_epoch_holdout_accuracy_100"],
@@ -286,113 +283,152 @@ def training_section(run: TrainedRun, summary: dict, wd: experiment.Workdir, rep
     }, caption="Training at a glance")
 
 
-def analyze(run: TrainedRun, wd: experiment.Workdir, rep: Report) -> dict:
-    """All of study 2 on the trained model's holdout set; adds report sections, returns the numbers."""
-    cfg, params, holdout = run.cfg, run.params, run.holdout
-    n_show = min(int(run.config.analysis.n_examples), len(holdout))
-    out: dict = {}
-    W_E = np.asarray(params["embed"]["W_E"])
-    targets = holdout[:, 1 + rv.N_DIGITS:]  # [n, 8]
-    fed = holdout[:, :-1]
-    out_labels = [f"y{i}" for i in range(rv.N_DIGITS)]
-    in_labels = [f"x{i}" for i in range(rv.N_DIGITS)]
+OUT_LABELS = tuple(f"y{i}" for i in range(rv.N_DIGITS))
+IN_LABELS = tuple(f"x{i}" for i in range(rv.N_DIGITS))
 
-    # ---------------------------------------------------------------- weight ablations
-    acc = weight_ablations(cfg, params, holdout)  # [1 + A, 8]
-    names = ("none",) + ABLATIONS
-    overall = acc.mean(-1)
+
+def _n_show(run: TrainedRun) -> int:
+    return min(int(run.config.analysis.n_examples), len(run.holdout))
+
+
+def ablation_numbers(run: TrainedRun) -> dict:
+    """Holdout accuracy with no weight zeroed and with each of `ABLATIONS` zeroed, overall and
+    per output position [1 + A, 8], beside the notebook's."""
+    acc = weight_ablations(run.cfg, run.params, run.holdout)  # [1 + A, 8]
+    return {"names": ["none", *ABLATIONS], "holdout_accuracy": acc.mean(-1), "by_position": acc,
+            "notebook": NOTEBOOK["ablated_holdout_accuracy"]}
+
+
+def ablation_section(ab: dict, rep: Report) -> None:
+    names, overall, acc = ab["names"], ab["holdout_accuracy"], ab["by_position"]
     sec = rep.section("Weight ablations")
     ref = [NOTEBOOK["final_holdout_accuracy"]] + [NOTEBOOK["ablated_holdout_accuracy"].get(n, np.nan)
                                                    for n in ABLATIONS]
-    f = plots.bars(wd.figure_path("weight_ablations"), list(names), {"toymech": overall, "notebook": ref},
-                   title="Holdout accuracy with one weight matrix zeroed", ylabel="accuracy")
-    sec.figure(wd.relative(f), "Holdout accuracy over the output tokens after zeroing each weight matrix "
-               "(interventions.zero_weights); the notebook did not ablate layer-1 attention W_O. Chance is 25%.")
-    f = plots.heatmap(wd.figure_path("weight_ablations_by_position"), acc, vmin=0, vmax=1, annotate=True,
-                      origin_lower=False, xlabel="output token", ylabel="zeroed weight",
-                      xticks=(list(range(rv.N_DIGITS)), out_labels), yticks=(list(range(len(names))), list(names)),
-                      title="Holdout accuracy per output token", width=8, height=4)
-    sec.figure(wd.relative(f), "The same accuracies per output token y0..y7: which outputs each component is "
-               "needed for.")
+    sec.figure("weight_ablations", plots.bars,
+               "Holdout accuracy over the output tokens after zeroing each weight matrix "
+               "(weights.zero_weights); the notebook did not ablate layer-1 attention W_O. Chance is 25%.",
+               list(names), {"toymech": overall, "notebook": ref},
+               title="Holdout accuracy with one weight matrix zeroed", ylabel="accuracy")
+    sec.figure("weight_ablations_by_position", plots.heatmap,
+               "The same accuracies per output token y0..y7: which outputs each component is "
+               "needed for.",
+               acc, vmin=0, vmax=1, annotate=True, origin_lower=False, xlabel="output token", ylabel="zeroed weight",
+               xticks=(list(range(rv.N_DIGITS)), list(OUT_LABELS)), yticks=(list(range(len(names))), list(names)),
+               title="Holdout accuracy per output token", width=8, height=4)
     sec.table(["zeroed weight", "holdout accuracy (toymech)", "notebook"],
               [[n, float(a), NOTEBOOK["ablated_holdout_accuracy"].get(n, "—") if n != "none" else 1.0]
                for n, a in zip(names, overall)], caption="Weight ablations")
-    out["weight_ablations"] = {"names": list(names), "holdout_accuracy": overall, "by_position": acc,
-                               "notebook": NOTEBOOK["ablated_holdout_accuracy"]}
 
-    # ---------------------------------------------------------------- final residual vs embeddings
-    pred, acts = activations(cfg, params, holdout)
+
+def final_resid_numbers(run: TrainedRun, pred: np.ndarray, acts: dict) -> dict:
+    """The final residual stream at the output positions against the digit embeddings: mean cosine
+    by target [4 targets, 4 embeddings], how often the nearest embedding is the target / the
+    prediction, and the first examples' cosines."""
+    targets = run.holdout[:, 1 + rv.N_DIGITS:]  # [n, 8]
     final = acts["final"][:, rv.OUTPUT_POSITIONS]  # [n, 8, d]
-    agree = embedding_agreement(final, W_E, {"target": targets, "prediction": pred})
+    agree = embedding_agreement(final, np.asarray(run.params["embed"]["W_E"]), {"target": targets, "prediction": pred})
     cos = agree.pop("cosine")
     by_target = np.stack([cos[targets == t].mean(0) for t in range(rv.N_SYMBOLS)])  # [4 targets, 4 embeddings]
-    sec = rep.section("Final residual stream vs the digit embeddings")
-    f = plots.heatmap(wd.figure_path("final_resid_cosine"), by_target, center=True, annotate=True,
-                      origin_lower=False, xlabel="embedding W_E[t]", ylabel="target token",
-                      xticks=(list(range(4)), TOKENS), yticks=(list(range(4)), TOKENS),
-                      title="Mean cosine similarity, final residual at output positions", width=6, height=4.5)
-    sec.figure(wd.relative(f), f"Cosine similarity of the last block's output (resid_post, before the final "
-               f"LayerNorm) at the output positions with each digit embedding, averaged over holdout outputs with "
-               f"the same target. The nearest embedding is the target for {agree['target']['fraction']:.1%} of "
-               f"outputs and the model's prediction for {agree['prediction']['fraction']:.1%}: the unembedding, "
-               f"not the embedding, is what the residual has to line up with.")
-    sec.table(["position"] + out_labels,
-              [[f"{k} = nearest embedding"] + [float(v) for v in agree[k]["by_position"]]
-               for k in ("target", "prediction")] +
-              [[f"holdout sample {b}: nearest embedding"] + [int(v) for v in cos[b].argmax(-1)]
-               for b in range(n_show)] +
-              [[f"holdout sample {b}: target"] + [int(v) for v in targets[b]] for b in range(n_show)],
-              caption="Per output position (the notebook printed the cosine similarities of two holdout samples)")
-    out["final_resid_cosine"] = {"mean_by_target": by_target, **agree,
-                                 "examples": cos[:n_show]}
+    return {"mean_by_target": by_target, **agree, "examples": cos[:_n_show(run)]}
 
-    # ---------------------------------------------------------------- attention
+
+def final_resid_section(fr: dict, targets: np.ndarray, rep: Report) -> None:
+    """`targets`: the holdout's output tokens [n, 8] (the first examples are shown)."""
+    sec = rep.section("Final residual stream vs the digit embeddings")
+    sec.figure("final_resid_cosine", plots.heatmap,
+               f"Cosine similarity of the last block's output (resid_post, before the final "
+               f"LayerNorm) at the output positions with each digit embedding, averaged over holdout outputs with "
+               f"the same target. The nearest embedding is the target for {fr['target']['fraction']:.1%} of "
+               f"outputs and the model's prediction for {fr['prediction']['fraction']:.1%}: the unembedding, "
+               f"not the embedding, is what the residual has to line up with.",
+               fr["mean_by_target"], center=True, annotate=True, origin_lower=False, xlabel="embedding W_E[t]",
+               ylabel="target token", xticks=(list(range(4)), TOKENS), yticks=(list(range(4)), TOKENS),
+               title="Mean cosine similarity, final residual at output positions", width=6, height=4.5)
+    examples = fr["examples"]
+    sec.table(["position", *OUT_LABELS],
+              [[f"{k} = nearest embedding"] + [float(v) for v in fr[k]["by_position"]]
+               for k in ("target", "prediction")] +
+              [[f"holdout sample {b}: nearest embedding"] + [int(v) for v in examples[b].argmax(-1)]
+               for b in range(len(examples))] +
+              [[f"holdout sample {b}: target"] + [int(v) for v in targets[b]] for b in range(len(examples))],
+              caption="Per output position (the notebook printed the cosine similarities of two holdout samples)")
+
+
+def attention_numbers(run: TrainedRun, acts: dict) -> dict:
+    """`attention_to_inputs` of every layer's pattern, as {'layer_<l>': ...}."""
+    return {f"layer_{layer}": attention_to_inputs(acts[tm.get_act_name("pattern", layer)])
+            for layer in range(run.cfg.n_layers)}
+
+
+def attention_section(att: dict, acts: dict, n_show: int, rep: Report) -> None:
+    """`acts`: the captured patterns (the first `n_show` holdout examples are drawn)."""
     sec = rep.section("Attention from outputs to inputs")
-    attn = {layer: attention_to_inputs(acts[tm.get_act_name("pattern", layer)]) for layer in range(cfg.n_layers)}
-    ticks = dict(xticks=(list(range(rv.N_DIGITS)), in_labels), yticks=(list(range(rv.N_DIGITS)), out_labels))
-    panels = [attn[layer]["mean"][0] for layer in attn]
-    titles = [f"layer {layer}, mean over holdout" for layer in attn]
+    layers = {int(k.split("_")[1]): v for k, v in att.items()}
+    ticks = dict(xticks=(list(range(rv.N_DIGITS)), list(IN_LABELS)),
+                 yticks=(list(range(rv.N_DIGITS)), list(OUT_LABELS)))
+    panels = [layers[layer]["mean"][0] for layer in layers]
+    titles = [f"layer {layer}, mean over holdout" for layer in layers]
     for b in range(n_show):
         panels.append(acts["blocks.0.attn.hook_pattern"][b, 0][rv.OUTPUT_POSITIONS][:, rv.INPUT_POSITIONS])
         titles.append(f"layer 0, holdout sample {b}")
-    f = plots.heatmaps(wd.figure_path("attention_outputs_to_inputs"), panels, titles, vmin=0, vmax=1,
-                       xlabel="key: input", ylabel="query: predicting", ncols=2, **ticks)
-    sec.figure(wd.relative(f), "Attention (head 0) from the position predicting each output y_i (rows) to the "
+    sec.figure("attention_outputs_to_inputs", plots.heatmaps,
+               "Attention (head 0) from the position predicting each output y_i (rows) to the "
                "inputs x_j (columns; the rest goes to BOS and earlier outputs). y_i copies x_(7-i), so attention "
-               "to the mirrored input is the anti-diagonal, from y0/x7 at the bottom right to y7/x0 at the top left.")
-    f = plots.bars(wd.figure_path("mirror_attention"), out_labels,
-                   {f"layer {layer}: mean weight": attn[layer]["mirror_weight"][0] for layer in attn} |
-                   {f"layer {layer}: most-attended": attn[layer]["mirror_is_argmax"][0] for layer in attn},
-                   title="Attention on the mirrored input x_(7-i)", xlabel="output", ylabel="fraction")
-    sec.figure(wd.relative(f), "For each output, the mean attention weight on the input it copies and the share "
-               "of holdout sequences whose most-attended position is that input.")
-    sec.table(["layer"] + out_labels, [[f"layer {layer}: mean weight on mirror"] + [
-        float(v) for v in attn[layer]["mirror_weight"][0]] for layer in attn] + [
-        [f"layer {layer}: mirror is most attended"] + [float(v) for v in attn[layer]["mirror_is_argmax"][0]]
-        for layer in attn], caption="Mirrored-input attention per output (head 0)")
-    out["attention"] = {f"layer_{layer}": attn[layer] for layer in attn}
+               "to the mirrored input is the anti-diagonal, from y0/x7 at the bottom right to y7/x0 at the top left.",
+               panels, titles, vmin=0, vmax=1, xlabel="key: input", ylabel="query: predicting", ncols=2, **ticks)
+    sec.figure("mirror_attention", plots.bars,
+               "For each output, the mean attention weight on the input it copies and the share "
+               "of holdout sequences whose most-attended position is that input.",
+               list(OUT_LABELS),
+               {f"layer {layer}: mean weight": layers[layer]["mirror_weight"][0] for layer in layers} |
+               {f"layer {layer}: most-attended": layers[layer]["mirror_is_argmax"][0] for layer in layers},
+               title="Attention on the mirrored input x_(7-i)", xlabel="output", ylabel="fraction")
+    sec.table(["layer", *OUT_LABELS], [[f"layer {layer}: mean weight on mirror"] + [
+        float(v) for v in layers[layer]["mirror_weight"][0]] for layer in layers] + [
+        [f"layer {layer}: mirror is most attended"] + [float(v) for v in layers[layer]["mirror_is_argmax"][0]]
+        for layer in layers], caption="Mirrored-input attention per output (head 0)")
 
-    # ---------------------------------------------------------------- MLP 0
-    sec = rep.section("Layer-0 MLP outputs")
+
+def mlp0_numbers(run: TrainedRun, acts: dict) -> dict:
+    """Which digit embedding the layer-0 MLP output at each output position points to (the
+    target, the mirrored input or the current token), its first examples and mean magnitude."""
+    fed = run.holdout[:, :-1]
     mlp0 = acts["blocks.0.hook_mlp_out"]  # [n, 16, d]
-    mlp_agree = embedding_agreement(mlp0[:, rv.OUTPUT_POSITIONS], W_E, {
-        "target": targets, "mirrored input": fed[:, rv.MIRROR_POSITIONS],
+    agree = embedding_agreement(mlp0[:, rv.OUTPUT_POSITIONS], np.asarray(run.params["embed"]["W_E"]), {
+        "target": run.holdout[:, 1 + rv.N_DIGITS:], "mirrored input": fed[:, rv.MIRROR_POSITIONS],
         "current token": fed[:, rv.OUTPUT_POSITIONS]})
-    mlp_agree.pop("cosine")
-    pos_labels = ["BOS"] + in_labels + [f"y{i}" for i in range(rv.N_DIGITS - 1)]
-    panels = [mlp0[b] for b in range(n_show)] + [np.abs(mlp0).mean(0)]
-    titles = [f"holdout sample {b}" for b in range(n_show)] + ["mean |output| over holdout"]
-    f = plots.heatmaps(wd.figure_path("mlp0_outputs"), panels, titles, center=True,
-                       xlabel="residual dimension", ylabel="position (token there)", ncols=len(panels),
-                       yticks=(list(range(len(pos_labels))), pos_labels), annotate=True, panel=4.2)
-    sec.figure(wd.relative(f), "Layer-0 MLP output (hook_mlp_out, d_model 4) at every position, for holdout "
-               "samples (the notebook printed sample 0) and its mean magnitude over the holdout set.")
-    sec.table(["nearest embedding is"] + ["overall"] + out_labels,
-              [[k, mlp_agree[k]["fraction"]] + [float(v) for v in mlp_agree[k]["by_position"]]
+    agree.pop("cosine")
+    return {**agree, "examples": mlp0[:_n_show(run)], "mean_abs": np.abs(mlp0).mean(0)}
+
+
+def mlp0_section(m: dict, rep: Report) -> None:
+    sec = rep.section("Layer-0 MLP outputs")
+    pos_labels = ["BOS", *IN_LABELS] + [f"y{i}" for i in range(rv.N_DIGITS - 1)]
+    panels = list(m["examples"]) + [m["mean_abs"]]
+    titles = [f"holdout sample {b}" for b in range(len(m["examples"]))] + ["mean |output| over holdout"]
+    sec.figure("mlp0_outputs", plots.heatmaps,
+               "Layer-0 MLP output (hook_mlp_out, d_model 4) at every position, for holdout "
+               "samples (the notebook printed sample 0) and its mean magnitude over the holdout set.",
+               panels, titles, center=True, xlabel="residual dimension", ylabel="position (token there)",
+               ncols=len(panels), yticks=(list(range(len(pos_labels))), pos_labels), annotate=True, panel=4.2)
+    sec.table(["nearest embedding is", "overall", *OUT_LABELS],
+              [[k, m[k]["fraction"]] + [float(v) for v in m[k]["by_position"]]
                for k in ("target", "mirrored input", "current token")],
               caption="Which digit embedding the layer-0 MLP output at each output position points to (cosine; "
                       "chance 25%)")
-    out["mlp0"] = {**mlp_agree, "examples": mlp0[:n_show], "mean_abs": np.abs(mlp0).mean(0)}
+
+
+def analyze(run: TrainedRun, rep: Report) -> dict:
+    """All of study 2 on the trained model's holdout set: each analysis's numbers, then its section."""
+    pred, acts = activations(run.cfg, run.params, run.holdout)
+    out = {"weight_ablations": ablation_numbers(run)}
+    ablation_section(out["weight_ablations"], rep)
+    out["final_resid_cosine"] = final_resid_numbers(run, pred, acts)
+    final_resid_section(out["final_resid_cosine"], run.holdout[:, 1 + rv.N_DIGITS:], rep)
+    out["attention"] = attention_numbers(run, acts)
+    attention_section(out["attention"], acts, _n_show(run), rep)
+    out["mlp0"] = mlp0_numbers(run, acts)
+    mlp0_section(out["mlp0"], rep)
     return out
 
 
@@ -402,22 +438,16 @@ def train_and_evaluate(config, workdir) -> dict:
     Returns the results dict also written to workdir/results.json.
     """
     t0 = time.perf_counter()
-    wd = experiment.open_workdir(workdir, config)
+    wd = common.open_workdir(workdir, config, "reverse")
     run = train_model(config, wd)
-    experiment.write_metrics(wd, metrics_rows(run))
+    nonfinite = common.write_metrics(wd, "reverse", run.train_history, run.eval_history, METRICS)
     summary = training_summary(run)
     results: dict[str, Any] = {"variant": config.variant, "training": summary}
-    rep = Report(f"Reverse and increment ({config.variant} variant)", INTRO)
-    training_section(run, summary, wd, rep)
-    results["analysis"] = analyze(run, wd, rep)
+    rep = Report(f"Reverse and increment ({config.variant} variant)", INTRO, directory=wd.path)
+    training_section(run, summary, rep)
+    results["analysis"] = analyze(run, rep)
     sweep = seed_sweep(config, wd)
     if sweep is not None:
-        results["seed_sweep"] = seed_sweep_section(sweep, run, wd, rep)
+        results["seed_sweep"] = seed_sweep_section(sweep, run, rep)
     results["notebook"] = NOTEBOOK
-    config_section(config, rep)
-    results["seconds_total_this_process"] = time.perf_counter() - t0
-    experiment.write_results(wd, results)
-    rep.write(wd.report_path)
-    print(f"[reverse] wrote {wd.report_path} and {wd.results_path} "
-          f"({results['seconds_total_this_process']:.0f}s)", file=sys.stderr)
-    return results
+    return common.finish("reverse", config, wd, rep, results, t0, nonfinite)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -41,10 +40,10 @@ from toymech import checkpoint, experiment, interop, plots, train, weights
 from toymech.config import ModelConfig
 from toymech.report import Report
 from toymech.studies import sum_digits_analysis as analysis
-from toymech.studies.grokking import config_section, first_epoch_at_least
+from toymech.studies import common
+from toymech.studies.common import first_epoch_at_least
 from toymech.tasks import sum_digits as sd
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 MODES = ("load", "train")
 
 INTRO = (
@@ -64,22 +63,29 @@ REFERENCE_TRAINING = {"num_epochs": 100, "first_epoch_val_accuracy_0.999": 47, "
 VAL_ACCURACY_LEVEL = 0.999
 
 
-def resolve_path(path: str, field: str) -> Path:
-    """`path` as given if absolute, else relative to the repository root;
+def resolve_path(config, field: str) -> Path:
+    """config.<field> as given if absolute, else relative to `config.data_dir`;
     FileNotFoundError naming the config field when there is no such file."""
+    path = config[field]
     p = Path(path)
     if not p.is_absolute():
-        p = REPO_ROOT / p
+        p = Path(config.data_dir) / p
     if not p.is_file():
         raise FileNotFoundError(
-            f"config.{field} = {path!r} -> {p} does not exist (relative paths are resolved against the "
-            f"repository root {REPO_ROOT}); pass --config.{field}=/path/to/the/file")
+            f"config.{field} = {path!r} -> {p} does not exist (relative paths are resolved against "
+            f"config.data_dir = {config.data_dir!r}); pass --config.{field}=/path/to/the/file")
     return p
+
+
+def data_files(config) -> dict[str, Path]:
+    """The user files the run reads ({config field: path}), fingerprinted in the workdir."""
+    fields = ("eval_fixture", "checkpoint") if config.mode == "load" else ("eval_fixture",)
+    return {field: resolve_path(config, field) for field in fields}
 
 
 def evaluation_tokens(config) -> np.ndarray:
     """The first `config.n_eval` sequences of the evaluation fixture (0: all).  # int32 [n, 14]"""
-    tokens = sd.read_sequences(resolve_path(config.eval_fixture, "eval_fixture"))
+    tokens = sd.read_sequences(resolve_path(config, "eval_fixture"))
     n = int(config.n_eval)
     if not 0 <= n <= len(tokens):
         raise ValueError(f"config.n_eval must be in 0..{len(tokens)} (0: all sequences of the fixture), got {n}")
@@ -88,7 +94,7 @@ def evaluation_tokens(config) -> np.ndarray:
 
 def load_model(config) -> tuple[ModelConfig, dict]:
     """The challenge's checkpoint as (cfg, raw params), checked against `sd.model_config`."""
-    cfg, params = interop.load_transformer_lens(resolve_path(config.checkpoint, "checkpoint"), act_fn="relu")
+    cfg, params = interop.load_transformer_lens(resolve_path(config, "checkpoint"), act_fn="relu")
     expected = sd.model_config(**config.model.to_dict())
     if cfg != expected:
         raise ValueError(f"{config.checkpoint}: the checkpoint's model {cfg} is not the study's {expected}")
@@ -173,13 +179,11 @@ def train_model(config, wd: experiment.Workdir) -> TrainedRun:
                       int(config.num_epochs) - done, len(train_tokens), len(val_tokens))
 
 
-def metrics_rows(run: TrainedRun) -> list[dict]:
-    """One row per epoch: training loss/accuracies (epoch means over batches), lr, validation after the epoch."""
-    th, eh = run.train_history, run.eval_history
-    return [{"step": int(e), "train/loss": th["loss"][i], "train/accuracy": th["accuracy"][i],
-             "train/sequence_accuracy": th["sequence_accuracy"][i], "lr": th["lr"][i],
-             "val/loss": eh["loss"][i], "val/accuracy": eh["accuracy"][i],
-             "val/sequence_accuracy": eh["sequence_accuracy"][i]} for i, e in enumerate(th["epoch"])]
+# metrics.jsonl: one row per epoch: training loss/accuracies (epoch means over batches), lr, validation after it.
+METRICS = {"train/loss": ("train", "loss"), "train/accuracy": ("train", "accuracy"),
+           "train/sequence_accuracy": ("train", "sequence_accuracy"), "lr": ("train", "lr"),
+           "val/loss": ("eval", "loss"), "val/accuracy": ("eval", "accuracy"),
+           "val/sequence_accuracy": ("eval", "sequence_accuracy")}
 
 
 def training_summary(run: TrainedRun) -> dict:
@@ -205,24 +209,25 @@ def training_summary(run: TrainedRun) -> dict:
     }
 
 
-def training_section(run: TrainedRun, summary: dict, wd: experiment.Workdir, rep: Report) -> None:
+def training_section(run: TrainedRun, summary: dict, rep: Report) -> None:
     """Loss and accuracy curves, and the training numbers beside the challenge's."""
     th, eh = run.train_history, run.eval_history
     sec = rep.section("Training")
     best = {f"best epoch ({run.best_epoch})": run.best_epoch}
-    f = plots.curves(wd.figure_path("loss_curves"), {"train loss": (th["epoch"], th["loss"]),
-                                                     "validation loss": (eh["epoch"], eh["loss"])},
-                     title="Loss over the four sum digits", xlabel="epoch", ylabel="cross-entropy (log scale)",
-                     log_y=True, vlines=best, markers=True)
-    sec.figure(wd.relative(f), "Training loss (mean over each epoch's batches) and validation loss after each epoch, "
-                               "log scale; dashed: the kept epoch.")
-    f = plots.curves(wd.figure_path("accuracy_curves"), {
-        "validation per-digit accuracy": (eh["epoch"], eh["accuracy"]),
-        "validation sequence accuracy": (eh["epoch"], eh["sequence_accuracy"]),
-        "train per-digit accuracy": (th["epoch"], th["accuracy"])},
-        title="Accuracy", xlabel="epoch", ylabel="accuracy", vlines=best, markers=True)
-    sec.figure(wd.relative(f), "Per-digit and whole-sequence accuracy on the validation sequences after each epoch, "
-                               "and the per-digit training accuracy; dashed: the kept epoch.")
+    sec.figure("loss_curves", plots.curves,
+               "Training loss (mean over each epoch's batches) and validation loss after each epoch, "
+               "log scale; dashed: the kept epoch.",
+               {"train loss": (th["epoch"], th["loss"]), "validation loss": (eh["epoch"], eh["loss"])},
+               title="Loss over the four sum digits", xlabel="epoch", ylabel="cross-entropy (log scale)", log_y=True,
+               vlines=best, markers=True)
+    sec.figure("accuracy_curves", plots.curves,
+               "Per-digit and whole-sequence accuracy on the validation sequences after each epoch, "
+               "and the per-digit training accuracy; dashed: the kept epoch.",
+               {
+               "validation per-digit accuracy": (eh["epoch"], eh["accuracy"]),
+               "validation sequence accuracy": (eh["epoch"], eh["sequence_accuracy"]),
+               "train per-digit accuracy": (th["epoch"], th["accuracy"])},
+               title="Accuracy", xlabel="epoch", ylabel="accuracy", vlines=best, markers=True)
     ref = REFERENCE_TRAINING
     level = f"first_epoch_val_accuracy_{VAL_ACCURACY_LEVEL}"
     sec.table(["", "this run", "challenge"], [
@@ -242,7 +247,7 @@ def training_section(run: TrainedRun, summary: dict, wd: experiment.Workdir, rep
 # --------------------------------------------------------------------------- evaluation and report
 
 
-def evaluation_section(ev: dict, source: str, logp_change: float, wd: experiment.Workdir, rep: Report) -> None:
+def evaluation_section(ev: dict, source: str, logp_change: float, rep: Report) -> None:
     """The challenge's four numbers beside ours, and the distribution of the probability on the answer."""
     sec = rep.section("How well it adds")
     names = {"mean_cross_entropy": "mean cross-entropy", "mean_prob_correct": "mean probability on the correct digit",
@@ -254,12 +259,11 @@ def evaluation_section(ev: dict, source: str, logp_change: float, wd: experiment
                                                                ev["sequence_accuracy"], "—"]],
               caption=f"{source}, processed weights, on {ev['n_sequences']} evaluation sequences")
     sec.text(f"Weight processing changed the log-probabilities by at most {logp_change:.2e}.")
-    f = plots.histogram(wd.figure_path("prob_correct"),
-                        {c: np.log10(1 - ev["prob_correct"][:, i] + 1e-9) for i, c in enumerate(analysis.OUT_LABELS)},
-                        bins=40, title="Probability mass off the correct digit",
-                        xlabel="log10(1 - p(correct digit))")
-    sec.figure(wd.relative(f), "Distribution over sequences of log10(1 - p) for the probability p on the correct "
-                               "digit, per sum digit (further left is more confident).")
+    sec.figure("prob_correct", plots.histogram,
+               "Distribution over sequences of log10(1 - p) for the probability p on the correct "
+               "digit, per sum digit (further left is more confident).",
+               {c: np.log10(1 - ev["prob_correct"][:, i] + 1e-9) for i, c in enumerate(analysis.OUT_LABELS)}, bins=40,
+               title="Probability mass off the correct digit", xlabel="log10(1 - p(correct digit))")
 
 
 def train_and_evaluate(config, workdir) -> dict:
@@ -270,32 +274,28 @@ def train_and_evaluate(config, workdir) -> dict:
     t0 = time.perf_counter()
     if config.mode not in MODES:
         raise ValueError(f"config.mode must be one of {MODES}, got {config.mode!r}")
-    wd = experiment.open_workdir(workdir, config)
     tokens = evaluation_tokens(config)
+    loaded = load_model(config) if config.mode == "load" else None  # inputs validate before config.json is written
+    wd = common.open_workdir(workdir, config, "sum_digits", data_files=data_files(config))
     results: dict[str, Any] = {"variant": config.variant, "mode": config.mode}
-    run = None
-    if config.mode == "load":
-        cfg, params = load_model(config)
+    run, nonfinite = None, None
+    if loaded is not None:
+        cfg, params = loaded
         source = f"the challenge's checkpoint ({Path(config.checkpoint).name})"
     else:
         run = train_model(config, wd)
-        experiment.write_metrics(wd, metrics_rows(run))
+        nonfinite = common.write_metrics(wd, "sum_digits", run.train_history, run.eval_history, METRICS)
         cfg, params = run.cfg, run.params
         source = f"the model trained here (epoch {run.best_epoch})"
     pcfg, pparams = weights.process_weights(cfg, params)
     ev = evaluate(pcfg, pparams, tokens)
     results["evaluation"] = {k: v for k, v in ev.items() if k != "prob_correct"} | {"reference": REFERENCE_EVALUATION}
     results["weight_processing_max_log_prob_change"] = max_log_prob_change(cfg, params, pcfg, pparams, tokens)
-    rep = Report(f"Sum of two 4-digit numbers ({config.variant} variant, {config.mode} mode)", INTRO)
-    evaluation_section(ev, source, results["weight_processing_max_log_prob_change"], wd, rep)
+    rep = Report(f"Sum of two 4-digit numbers ({config.variant} variant, {config.mode} mode)", INTRO,
+                 directory=wd.path)
+    evaluation_section(ev, source, results["weight_processing_max_log_prob_change"], rep)
     if run is not None:
         results["training"] = training_summary(run)
-        training_section(run, results["training"], wd, rep)
-    results["analysis"] = analysis.analyze(pcfg, pparams, tokens, config.analysis, wd, rep)
-    config_section(config, rep)
-    results["seconds_total_this_process"] = time.perf_counter() - t0
-    experiment.write_results(wd, results)
-    rep.write(wd.report_path)
-    print(f"[sum_digits] wrote {wd.report_path} and {wd.results_path} "
-          f"({results['seconds_total_this_process']:.0f}s)", file=sys.stderr)
-    return results
+        training_section(run, results["training"], rep)
+    results["analysis"] = analysis.analyze(pcfg, pparams, tokens, config.analysis, rep)
+    return common.finish("sum_digits", config, wd, rep, results, t0, nonfinite)

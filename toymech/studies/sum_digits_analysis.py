@@ -46,7 +46,6 @@ import toymech as tm
 from toymech import plots
 from toymech.analysis import attribution, circuits, fourier, linalg, sweeps, views
 from toymech.config import ModelConfig
-from toymech.experiment import Workdir
 from toymech.report import Report
 from toymech.tasks import sum_digits as sd
 
@@ -178,51 +177,54 @@ def _complex_scatter(path, z, labels, title, xlabel="Re (cos part)", ylabel="Im 
                          equal_aspect=True)
 
 
-def unembed_section(u: dict, wd: Workdir, rep: Report) -> dict:
+def unembed_section(u: dict, rep: Report) -> dict:
     """Figures and table of `unembed_structure`; returns its numbers for results.json."""
     sec = rep.section("The unembedding: digits as angles")
     sig = [int(d) for d in u["significant_dims"]]
     W = u["W_U_digits"]
     digit_ticks = (list(range(N_DIGIT_TOKENS)), DIGIT_LABELS)
-    f = plots.heatmap(wd.figure_path("W_U"), W, center=True, title="W_U (digit logits)", xlabel="digit",
-                      ylabel="d_model", xticks=digit_ticks, origin_lower=False, width=5, height=6)
-    sec.figure(wd.relative(f), f"W_U over the ten digit logits: only dimensions {sig} vary over the digits, each "
-                               "like a cosine of the digit.")
-    f = plots.heatmap(wd.figure_path("W_U_rfft_magnitude"), u["rfft_magnitude"][sig], annotate=True,
-                      title="|rfft of W_U rows over digits|", xlabel="frequency bin (k · 2π/10)",
-                      ylabel="dimension", yticks=(list(range(len(sig))), [f"dim {d}" for d in sig]),
-                      origin_lower=False, width=6, height=3.5)
-    sec.figure(wd.relative(f), "Magnitude of the rfft over digits of each significant W_U row: bin 1 "
-                               "(frequency 2π/10) dominates.")
+    sec.figure("W_U", plots.heatmap, f"W_U over the ten digit logits: only dimensions {sig} vary over the digits, each "
+               "like a cosine of the digit.",
+               W, center=True, title="W_U (digit logits)", xlabel="digit", ylabel="d_model", xticks=digit_ticks,
+               origin_lower=False, width=5, height=6)
+    sec.figure("W_U_rfft_magnitude", plots.heatmap,
+               "Magnitude of the rfft over digits of each significant W_U row: bin 1 "
+               "(frequency 2π/10) dominates.",
+               u["rfft_magnitude"][sig], annotate=True, title="|rfft of W_U rows over digits|",
+               xlabel="frequency bin (k · 2π/10)", ylabel="dimension",
+               yticks=(list(range(len(sig))), [f"dim {d}" for d in sig]), origin_lower=False, width=6, height=3.5)
     z = u["significant_dims_frequency_1_magnitude"] * np.exp(1j * u["significant_dims_frequency_1_phase"])
-    f = _complex_scatter(wd.figure_path("W_U_phases"), z, [f"dim {d}" for d in sig],
-                         "Frequency-1 coefficient of each significant W_U row")
-    sec.figure(wd.relative(f), "Bin-1 coefficient of each significant dimension in the complex plane: the angle is "
-                               "the dimension's phase, the radius its amplitude.")
-    f = plots.heatmap(wd.figure_path("W_U_gram"), u["gram"], center=True, title="W_Uᵀ W_U (digits)",
-                      xlabel="digit", ylabel="digit", xticks=digit_ticks, yticks=digit_ticks, origin_lower=False)
-    sec.figure(wd.relative(f), "Dot products between the digit directions of W_U: each digit is closest to itself, "
-                               "then to its neighbours, on a cycle of ten.")
+    sec.figure("W_U_phases", _complex_scatter,
+               "Bin-1 coefficient of each significant dimension in the complex plane: the angle is "
+               "the dimension's phase, the radius its amplitude.",
+               z, [f"dim {d}" for d in sig], "Frequency-1 coefficient of each significant W_U row")
+    sec.figure("W_U_gram", plots.heatmap,
+               "Dot products between the digit directions of W_U: each digit is closest to itself, "
+               "then to its neighbours, on a cycle of ten.",
+               u["gram"], center=True, title="W_Uᵀ W_U (digits)", xlabel="digit", ylabel="digit", xticks=digit_ticks,
+               yticks=digit_ticks, origin_lower=False)
     gram_z = np.exp(1j * u["gram_frequency_1_phase"])
-    f = _complex_scatter(wd.figure_path("W_U_gram_phases"), gram_z, DIGIT_LABELS,
-                         "Phase of bin 1 of each row of W_UᵀW_U")
-    sec.figure(wd.relative(f), "Each digit as the bin-1 phase of its row of W_UᵀW_U (unit radius): the digits go "
-                               "round the circle in order.")
-    f = plots.bars(wd.figure_path("W_U_singular_values"), list(range(1, len(u["singular_values"]) + 1)),
-                   u["singular_values"], title="Singular values of W_U (digits)", xlabel="index", ylabel="value")
-    sec.figure(wd.relative(f), f"Singular values of W_U: the top two hold {u['top2_singular_fraction']:.1%} of "
-                               "its squared norm.")
+    sec.figure("W_U_gram_phases", _complex_scatter,
+               "Each digit as the bin-1 phase of its row of W_UᵀW_U (unit radius): the digits go "
+               "round the circle in order.",
+               gram_z, DIGIT_LABELS, "Phase of bin 1 of each row of W_UᵀW_U")
+    sec.figure("W_U_singular_values", plots.bars,
+               f"Singular values of W_U: the top two hold {u['top2_singular_fraction']:.1%} of "
+               "its squared norm.",
+               list(range(1, len(u["singular_values"]) + 1)), u["singular_values"],
+               title="Singular values of W_U (digits)", xlabel="index", ylabel="value")
     top2 = u["top2_left_singular_vectors"]
     x = np.arange(len(top2))
-    f = plots.curves(wd.figure_path("W_U_singular_vectors"), {"u1": (x, top2[:, 0]), "u2": (x, top2[:, 1])},
-                     title="Top two left singular vectors of W_U", xlabel="d_model", ylabel="value", markers=True)
-    sec.figure(wd.relative(f), "The top two singular directions of W_U live on the significant dimensions.")
+    sec.figure("W_U_singular_vectors", plots.curves,
+               "The top two singular directions of W_U live on the significant dimensions.",
+               {"u1": (x, top2[:, 0]), "u2": (x, top2[:, 1])}, title="Top two left singular vectors of W_U",
+               xlabel="d_model", ylabel="value", markers=True)
     c = u["digit_coordinates"]
-    f = plots.scatter(wd.figure_path("W_U_digit_circle"), c[:, 0], c[:, 1], annotate=DIGIT_LABELS,
-                      title="Digit directions on the top two singular directions", xlabel="u1", ylabel="u2",
-                      equal_aspect=True)
-    sec.figure(wd.relative(f), "Each digit's column of W_U projected on the top two singular directions: a circle, "
-                               "digits in order.")
+    sec.figure("W_U_digit_circle", plots.scatter,
+               "Each digit's column of W_U projected on the top two singular directions: a circle, "
+               "digits in order.",
+               c[:, 0], c[:, 1], annotate=DIGIT_LABELS, title="Digit directions on the top two singular directions",
+               xlabel="u1", ylabel="u2", equal_aspect=True)
     steps = np.degrees(u["digit_angle_steps"])
     sec.key_values({
         "significant dimensions (variation over digits >= fraction of the largest)": sig,
@@ -290,26 +292,26 @@ def summarize_ablation(values: np.ndarray, baseline: np.ndarray, carry: np.ndarr
     }
 
 
-def ablation_section(cfg: ModelConfig, heads: dict, qkv: dict, subsets: dict, wd: Workdir, rep: Report) -> None:
+def ablation_section(cfg: ModelConfig, heads: dict, qkv: dict, subsets: dict, rep: Report) -> None:
     """Figures and tables of the head ({'zero', 'mean'}) and Q/K/V summaries (`summarize_ablation`), and of
     the Q/K/V ablations on carry subsets (`qkv_on_subsets`)."""
     labels = head_labels(cfg)
     sec = rep.section("Head ablations")
     layer_ticks = (list(range(cfg.n_layers)), [f"layer {l}" for l in range(cfg.n_layers)])
     head_ticks = (list(range(cfg.n_heads)), [str(h) for h in range(cfg.n_heads)])
-    f = plots.heatmaps(wd.figure_path("head_ablation"),
-                       [heads["zero"]["loss_increase"], heads["mean"]["loss_increase"]],
-                       ["zero ablation", "mean ablation"], suptitle="Loss increase when one head is ablated",
-                       xlabel="head", ylabel="layer", annotate=True, xticks=head_ticks, yticks=layer_ticks)
-    sec.figure(wd.relative(f), "Mean cross-entropy increase over the four sum digits when each head's output is "
-                               "zeroed or replaced by its mean over the sequences (at each position).")
+    sec.figure("head_ablation", plots.heatmaps,
+               "Mean cross-entropy increase over the four sum digits when each head's output is "
+               "zeroed or replaced by its mean over the sequences (at each position).",
+               [heads["zero"]["loss_increase"], heads["mean"]["loss_increase"]], ["zero ablation", "mean ablation"],
+               suptitle="Loss increase when one head is ablated", xlabel="head", ylabel="layer", annotate=True,
+               xticks=head_ticks, yticks=layer_ticks)
     x = np.arange(sd.N_DIGITS)
     panels = [{lab: heads[kind]["loss_increase_per_digit"].reshape(-1, sd.N_DIGITS)[i]
                for i, lab in enumerate(labels)} for kind in ("zero", "mean")]
-    f = plots.line_panels(wd.figure_path("head_ablation_per_digit"), x, panels,
-                          ["zero ablation", "mean ablation"], xlabel="sum digit (0 = c1, thousands)",
-                          ylabel="loss increase")
-    sec.figure(wd.relative(f), "Loss increase per sum digit (c1 = thousands ... c4 = units) for each ablated head.")
+    sec.figure("head_ablation_per_digit", plots.line_panels,
+               "Loss increase per sum digit (c1 = thousands ... c4 = units) for each ablated head.",
+               x, panels, ["zero ablation", "mean ablation"], xlabel="sum digit (0 = c1, thousands)",
+               ylabel="loss increase")
     rows = []
     for kind in ("zero", "mean"):
         inc, acc = heads[kind]["loss_increase"].reshape(-1), heads[kind]["accuracy"].reshape(-1)
@@ -320,11 +322,12 @@ def ablation_section(cfg: ModelConfig, heads: dict, qkv: dict, subsets: dict, wd
 
     sec = rep.section("Q/K/V ablations")
     m = qkv["loss_increase"].reshape(len(QKV), -1)  # [3, layers * heads]
-    f = plots.heatmap(wd.figure_path("qkv_ablation"), m, annotate=True, title="Loss increase, mean-ablated Q/K/V",
-                      xlabel="head", ylabel="activation", xticks=(list(range(len(labels))), labels),
-                      yticks=(list(range(len(QKV))), [s.upper() for s in QKV]), origin_lower=False, height=3.5)
-    sec.figure(wd.relative(f), "Loss increase when one head's queries, keys or values are replaced by their mean "
-                               "over the sequences (at each position).")
+    sec.figure("qkv_ablation", plots.heatmap,
+               "Loss increase when one head's queries, keys or values are replaced by their mean "
+               "over the sequences (at each position).",
+               m, annotate=True, title="Loss increase, mean-ablated Q/K/V", xlabel="head", ylabel="activation",
+               xticks=(list(range(len(labels))), labels), yticks=(list(range(len(QKV))), [s.upper() for s in QKV]),
+               origin_lower=False, height=3.5)
     split = qkv["loss_increase_sequence_carry_split"].reshape(len(QKV), -1, 2)  # [3, heads, 2]
     panels = [split[..., 0], split[..., 1]]
     titles = ["carry; mean over all", "no carry; mean over all"]
@@ -332,13 +335,13 @@ def ablation_section(cfg: ModelConfig, heads: dict, qkv: dict, subsets: dict, wd
         if values is not None:
             panels.append(values.reshape(len(QKV), -1))
             titles.append(f"{name}; mean over them")
-    f = plots.heatmaps(wd.figure_path("qkv_ablation_carry_split"), panels, titles,
-                       suptitle="Loss increase, mean-ablated Q/K/V, on sequences with and without a carry",
-                       xlabel="head", ylabel="activation", annotate=True, xticks=(list(range(len(labels))), labels),
-                       yticks=(list(range(len(QKV))), [s.upper() for s in QKV]), ncols=2, panel=4.5)
-    sec.figure(wd.relative(f), "Q/K/V mean ablations scored on sequences where some digit receives a carry and on "
-                               "those where none does; top: the mean replacing an activation is over all sequences; "
-                               "bottom (the notebook's method): over the scored sequences only.")
+    sec.figure("qkv_ablation_carry_split", plots.heatmaps,
+               "Q/K/V mean ablations scored on sequences where some digit receives a carry and on "
+               "those where none does; top: the mean replacing an activation is over all sequences; "
+               "bottom (the notebook's method): over the scored sequences only.",
+               panels, titles, suptitle="Loss increase, mean-ablated Q/K/V, on sequences with and without a carry",
+               xlabel="head", ylabel="activation", annotate=True, xticks=(list(range(len(labels))), labels),
+               yticks=(list(range(len(QKV))), [s.upper() for s in QKV]), ncols=2, panel=4.5)
 
 
 def qkv_on_subsets(cfg: ModelConfig, params: dict, tokens: np.ndarray, carry: np.ndarray) -> dict:
@@ -417,30 +420,32 @@ def layer0_qk(cfg: ModelConfig, params: dict, acts: dict, threshold: float) -> d
     }
 
 
-def qk_section(cfg: ModelConfig, qk: dict, wd: Workdir, rep: Report) -> None:
+def qk_section(cfg: ModelConfig, qk: dict, rep: Report) -> None:
     """Figures and tables of `layer0_qk`."""
     sec = rep.section("Layer-0 QK circuits")
     n = sd.SEQ_LEN
     titles = [f"H0.{h}" for h in range(cfg.n_heads)]
     pos_ticks = (list(range(n)), [str(p) for p in range(n)])
     key_ticks = (list(range(n + sd.D_VOCAB)), [f"p{p}" for p in range(n)] + list(sd.VOCAB))
-    f = plots.heatmaps(wd.figure_path("qk_layer0_full"), list(qk["full_scores"]), titles, center=True,
-                       suptitle="Layer-0 scores: mean queries vs positions (p0..p13) and tokens",
-                       xlabel="key: position embedding | token embedding", ylabel="query position",
-                       xticks=key_ticks, yticks=pos_ticks, ncols=1, panel=5.5)
-    sec.figure(wd.relative(f), "Attention scores of the mean layer-0 query at each position against each positional "
-                               "embedding and each token embedding (scaled by the mean LayerNorm scale); blank: "
-                               "keys after the query.")
-    f = plots.heatmaps(wd.figure_path("qk_layer0_positional"), list(qk["positional_pattern"]), titles, vmin=0,
-                       vmax=1, suptitle="Layer-0 attention given by position alone", xlabel="key position",
-                       ylabel="query position", xticks=pos_ticks, yticks=pos_ticks, ncols=3, panel=4.2)
-    sec.figure(wd.relative(f), "Softmax of the mean queries against the mean residual at each position: position "
-                               "alone makes the output positions 9..12 attend to the corresponding digits of a and b.")
-    f = plots.heatmaps(wd.figure_path("qk_layer0_mean_pattern"), list(qk["mean_pattern"]), titles, vmin=0, vmax=1,
-                       suptitle="Layer-0 attention, mean over the sequences", xlabel="key position",
-                       ylabel="query position", xticks=pos_ticks, yticks=pos_ticks, ncols=3, panel=4.2)
-    sec.figure(wd.relative(f), "The model's actual layer-0 attention averaged over the evaluation sequences, to "
-                               "compare with the positional prediction above.")
+    sec.figure("qk_layer0_full", plots.heatmaps,
+               "Attention scores of the mean layer-0 query at each position against each positional "
+               "embedding and each token embedding (scaled by the mean LayerNorm scale); blank: "
+               "keys after the query.",
+               list(qk["full_scores"]), titles, center=True,
+               suptitle="Layer-0 scores: mean queries vs positions (p0..p13) and tokens",
+               xlabel="key: position embedding | token embedding", ylabel="query position", xticks=key_ticks,
+               yticks=pos_ticks, ncols=1, panel=5.5)
+    sec.figure("qk_layer0_positional", plots.heatmaps,
+               "Softmax of the mean queries against the mean residual at each position: position "
+               "alone makes the output positions 9..12 attend to the corresponding digits of a and b.",
+               list(qk["positional_pattern"]), titles, vmin=0, vmax=1,
+               suptitle="Layer-0 attention given by position alone", xlabel="key position", ylabel="query position",
+               xticks=pos_ticks, yticks=pos_ticks, ncols=3, panel=4.2)
+    sec.figure("qk_layer0_mean_pattern", plots.heatmaps,
+               "The model's actual layer-0 attention averaged over the evaluation sequences, to "
+               "compare with the positional prediction above.",
+               list(qk["mean_pattern"]), titles, vmin=0, vmax=1, suptitle="Layer-0 attention, mean over the sequences",
+               xlabel="key position", ylabel="query position", xticks=pos_ticks, yticks=pos_ticks, ncols=3, panel=4.2)
     rows = [[f"H0.{h}"] + [float(v) for v in qk["corresponding_digit_mass"][h]]
             + [", ".join(qk["corresponding_digit_heads"][f"H0.{h}"]) or "none"] for h in range(cfg.n_heads)]
     sec.table(["head"] + [f"{c}: to a_i, b_i" for c in OUT_LABELS] + [f"digits with mass >= {qk['threshold']}"],
@@ -512,45 +517,44 @@ def logit_attribution(cfg: ModelConfig, params: dict, acts: dict, logits, tokens
     return out
 
 
-def dla_section(dla: dict, wd: Workdir, rep: Report) -> dict:
+def dla_section(dla: dict, rep: Report) -> dict:
     """Figures of `logit_attribution`; returns its numbers for results.json."""
     sec = rep.section("Direct logit attribution")
     s, p = dla["simple"], dla["paths"]
-    f = plots.bars(wd.figure_path("dla_simple"), s["labels"],
-                   {c: s["correct_dla_mean"][:, i] for i, c in enumerate(OUT_LABELS)},
-                   title="Direct logit attribution to the correct digit (mean)", xlabel="component",
-                   ylabel="logit")
-    sec.figure(wd.relative(f), "Mean direct contribution of each component to the correct sum digit's logit, per "
-                               "digit: the layer-1 heads write most of it.")
-    f = plots.bars(wd.figure_path("dla_simple_std"), s["labels"],
-                   {c: s["correct_dla_std"][:, i] for i, c in enumerate(OUT_LABELS)},
-                   title="Direct logit attribution to the correct digit (std over sequences)", xlabel="component",
-                   ylabel="logit")
-    sec.figure(wd.relative(f), "Standard deviation over sequences of the same attributions.")
+    sec.figure("dla_simple", plots.bars,
+               "Mean direct contribution of each component to the correct sum digit's logit, per "
+               "digit: the layer-1 heads write most of it.",
+               s["labels"], {c: s["correct_dla_mean"][:, i] for i, c in enumerate(OUT_LABELS)},
+               title="Direct logit attribution to the correct digit (mean)", xlabel="component", ylabel="logit")
+    sec.figure("dla_simple_std", plots.bars, "Standard deviation over sequences of the same attributions.",
+               s["labels"], {c: s["correct_dla_std"][:, i] for i, c in enumerate(OUT_LABELS)},
+               title="Direct logit attribution to the correct digit (std over sequences)", xlabel="component",
+               ylabel="logit")
     digit_ticks = (list(range(sd.N_DIGITS)), OUT_LABELS)
     path_ticks = (list(range(len(p["labels"]))), p["labels"])
-    f = plots.heatmaps(wd.figure_path("dla_paths"), [p["correct_dla_mean"], p["fourier_alignment"]],
-                       ["mean DLA to the correct digit", "Fourier alignment with the correct digit"],
-                       suptitle="Direct logit attribution by path (layer-0 component -> layer-1 head)",
-                       xlabel="sum digit", center=True, xticks=digit_ticks, yticks=path_ticks, annotate=True,
-                       ncols=2, panel=6.5)
-    sec.figure(wd.relative(f), "Left: mean DLA of each layer-1 input component directly and through each layer-1 "
-                               "head. Right: mean frequency-1 push toward the correct digit over its mean magnitude "
-                               "(1 = always aimed at the correct digit).")
+    sec.figure("dla_paths", plots.heatmaps,
+               "Left: mean DLA of each layer-1 input component directly and through each layer-1 "
+               "head. Right: mean frequency-1 push toward the correct digit over its mean magnitude "
+               "(1 = always aimed at the correct digit).",
+               [p["correct_dla_mean"], p["fourier_alignment"]],
+               ["mean DLA to the correct digit", "Fourier alignment with the correct digit"],
+               suptitle="Direct logit attribution by path (layer-0 component -> layer-1 head)", xlabel="sum digit",
+               center=True, xticks=digit_ticks, yticks=path_ticks, annotate=True, ncols=2, panel=6.5)
     sec.text("A path's LayerNorm scale is layer 1's (the one its head reads through), so the paths through a head "
              "add up to that head's output exactly; the notebook divided by layer 0's scale instead.")
-    f = plots.heatmap(wd.figure_path("dla_fourier_simple"), s["fourier_alignment"], center=True, annotate=True,
-                      title="Fourier alignment of each component's digit logits", xlabel="sum digit",
-                      xticks=digit_ticks, yticks=(list(range(len(s["labels"]))), s["labels"]), origin_lower=False)
-    sec.figure(wd.relative(f), "For each component: mean real part of its digit logits' bin-1 coefficient, rotated "
-                               "so the correct digit is at angle 0, over the mean magnitude.")
+    sec.figure("dla_fourier_simple", plots.heatmap,
+               "For each component: mean real part of its digit logits' bin-1 coefficient, rotated "
+               "so the correct digit is at angle 0, over the mean magnitude.",
+               s["fourier_alignment"], center=True, annotate=True,
+               title="Fourier alignment of each component's digit logits", xlabel="sum digit", xticks=digit_ticks,
+               yticks=(list(range(len(s["labels"]))), s["labels"]), origin_lower=False)
     z = dla["logits_rotated_frequency_1"].reshape(-1)
-    f = plots.scatter(wd.figure_path("dla_logits_fourier"), z.real, z.imag,
-                      c=np.tile(np.arange(sd.N_DIGITS), len(z) // sd.N_DIGITS), clabel="sum digit (0 = c1)",
-                      title="Bin-1 coefficient of the digit logits, correct digit at angle 0",
-                      xlabel="toward the correct digit", ylabel="orthogonal", equal_aspect=True)
-    sec.figure(wd.relative(f), "The model's digit logits in Fourier space, one point per sequence and digit, "
-                               "rotated so the correct digit lies on the positive x axis.")
+    sec.figure("dla_logits_fourier", plots.scatter,
+               "The model's digit logits in Fourier space, one point per sequence and digit, "
+               "rotated so the correct digit lies on the positive x axis.",
+               z.real, z.imag, c=np.tile(np.arange(sd.N_DIGITS), len(z) // sd.N_DIGITS), clabel="sum digit (0 = c1)",
+               title="Bin-1 coefficient of the digit logits, correct digit at angle 0",
+               xlabel="toward the correct digit", ylabel="orthogonal", equal_aspect=True)
     sec.key_values({"share of predictions whose bin-1 phase decodes to the correct digit":
                     dla["frequency_1_decode_accuracy"]}, caption="Frequency 1 alone")
     return {k: v for k, v in dla.items() if k != "logits_rotated_frequency_1"}
@@ -613,29 +617,31 @@ def layer1_ov(cfg: ModelConfig, params: dict) -> dict:
     }
 
 
-def ov_section(cfg: ModelConfig, ov: dict, wd: Workdir, rep: Report) -> dict:
+def ov_section(cfg: ModelConfig, ov: dict, rep: Report) -> dict:
     """Figures and table of `layer1_ov`; returns its phase numbers for results.json."""
     sec = rep.section("Layer-1 OV circuits")
     H = cfg.n_heads
     titles = [f"0.{a} -> 1.{b}" for a in range(H) for b in range(H)]
     digit_ticks = (list(range(N_DIGIT_TOKENS)), DIGIT_LABELS)
-    f = plots.heatmaps(wd.figure_path("ov_digits"), list(ov["single"].reshape(-1, 10, 10)), titles, center=True,
-                       suptitle="W_E OV0[h0] OV1[h1] W_U on the digits", xlabel="output logit",
-                       ylabel="input digit", xticks=digit_ticks, yticks=digit_ticks, ncols=H, panel=3.3)
-    sec.figure(wd.relative(f), "Logits written by each layer-0 head -> layer-1 head OV chain when fed a digit's "
-                               "embedding.")
-    f = plots.heatmap(wd.figure_path("ov_digits_phase"), ov["single_frequency_1_phase"].reshape(-1, 10),
-                      cmap="twilight", vmin=-np.pi, vmax=np.pi, title="Bin-1 phase of each chain's output, per digit",
-                      xlabel="input digit", xticks=digit_ticks, yticks=(list(range(len(titles))), titles),
-                      origin_lower=False)
-    sec.figure(wd.relative(f), "Phase (rad, cyclic colours) of the frequency-1 part of each chain's output logits "
-                               "for each input digit.")
+    sec.figure("ov_digits", plots.heatmaps,
+               "Logits written by each layer-0 head -> layer-1 head OV chain when fed a digit's "
+               "embedding.",
+               list(ov["single"].reshape(-1, 10, 10)), titles, center=True,
+               suptitle="W_E OV0[h0] OV1[h1] W_U on the digits", xlabel="output logit", ylabel="input digit",
+               xticks=digit_ticks, yticks=digit_ticks, ncols=H, panel=3.3)
+    sec.figure("ov_digits_phase", plots.heatmap,
+               "Phase (rad, cyclic colours) of the frequency-1 part of each chain's output logits "
+               "for each input digit.",
+               ov["single_frequency_1_phase"].reshape(-1, 10), cmap="twilight", vmin=-np.pi, vmax=np.pi,
+               title="Bin-1 phase of each chain's output, per digit", xlabel="input digit", xticks=digit_ticks,
+               yticks=(list(range(len(titles))), titles), origin_lower=False)
     grid = ov["pair_frequency_1_phase"].reshape(H * H, N_DIGIT_TOKENS, N_DIGIT_TOKENS)
-    f = plots.heatmaps(wd.figure_path("ov_pairs_phase"), list(grid), titles, cmap="twilight", vmin=-np.pi,
-                       vmax=np.pi, suptitle="Bin-1 phase of the chain's output on W_E[i] + W_E[j]", xlabel="j",
-                       ylabel="i", xticks=digit_ticks, yticks=digit_ticks, ncols=H, panel=3.3)
-    sec.figure(wd.relative(f), "Phase of the frequency-1 output of each chain fed the sum of two digit embeddings: "
-                               "anti-diagonal stripes mean the phase tracks i + j.")
+    sec.figure("ov_pairs_phase", plots.heatmaps,
+               "Phase of the frequency-1 output of each chain fed the sum of two digit embeddings: "
+               "anti-diagonal stripes mean the phase tracks i + j.",
+               list(grid), titles, cmap="twilight", vmin=-np.pi, vmax=np.pi,
+               suptitle="Bin-1 phase of the chain's output on W_E[i] + W_E[j]", xlabel="j", ylabel="i",
+               xticks=digit_ticks, yticks=digit_ticks, ncols=H, panel=3.3)
     flat = lambda name: ov[name].reshape(-1)
     rows = [[t, float(flat("single_phase_spread")[k]), int(flat("single_phase_winding")[k]),
              float(flat("pair_phase_spread")[k]), float(flat("pair_spread_explained_by_sum_digit")[k]),
@@ -664,7 +670,7 @@ def carry_attention(acts: dict, carry: np.ndarray) -> dict:
 
 
 def carry_section(cfg: ModelConfig, tokens: np.ndarray, carry: np.ndarray, base: np.ndarray, heads: dict,
-                  att: dict, wd: Workdir, rep: Report) -> dict:
+                  att: dict, rep: Report) -> dict:
     """Counts, accuracy, ablations and layer-1 attention by carry. base: unablated
     (loss, correct) [b, 4, 2]."""
     sec = rep.section("Carry vs no carry")
@@ -685,13 +691,12 @@ def carry_section(cfg: ModelConfig, tokens: np.ndarray, carry: np.ndarray, base:
     labels = head_labels(cfg)
     digit_ticks = (list(range(sd.N_DIGITS)), OUT_LABELS)
     m = heads["mean"]["loss_increase_per_digit_carry_split"].reshape(len(labels), 2, sd.N_DIGITS)
-    f = plots.heatmaps(wd.figure_path("carry_head_ablation"), [m[:, 0], m[:, 1]],
-                       ["digits receiving a carry", "digits without a carry"],
-                       suptitle="Loss increase per digit, mean-ablated heads, by carry", xlabel="sum digit",
-                       ylabel="head", annotate=True, xticks=digit_ticks, yticks=(list(range(len(labels))), labels),
-                       panel=4.2)
-    sec.figure(wd.relative(f), "Loss increase of each sum digit when a head is mean-ablated, over the sequences "
-                               "where that digit receives a carry and where it does not (c4 never does).")
+    sec.figure("carry_head_ablation", plots.heatmaps,
+               "Loss increase of each sum digit when a head is mean-ablated, over the sequences "
+               "where that digit receives a carry and where it does not (c4 never does).",
+               [m[:, 0], m[:, 1]], ["digits receiving a carry", "digits without a carry"],
+               suptitle="Loss increase per digit, mean-ablated heads, by carry", xlabel="sum digit", ylabel="head",
+               annotate=True, xticks=digit_ticks, yticks=(list(range(len(labels))), labels), panel=4.2)
     H = cfg.n_heads
     head_ticks = (list(range(H)), [f"H1.{h}" for h in range(H)])
     pos_ticks = (list(range(sd.SEQ_LEN)), [str(p) for p in range(sd.SEQ_LEN)])
@@ -699,11 +704,12 @@ def carry_section(cfg: ModelConfig, tokens: np.ndarray, carry: np.ndarray, base:
     for i in range(sd.N_DIGITS - 1):
         panels += [att["mean"][i, 0], att["mean"][i, 1], att["mean"][i, 0] - att["mean"][i, 1]]
         titles += [f"{OUT_LABELS[i]}: carry", f"{OUT_LABELS[i]}: no carry", f"{OUT_LABELS[i]}: difference"]
-    f = plots.heatmaps(wd.figure_path("carry_layer1_attention"), panels, titles, center=True,
-                       suptitle="Layer-1 attention from the position predicting each digit, by carry",
-                       xlabel="key position", ylabel="head", xticks=pos_ticks, yticks=head_ticks, ncols=3, panel=4.0)
-    sec.figure(wd.relative(f), "Mean layer-1 attention (per head, to each key position) from positions 9, 10, 11 "
-                               "when the digit they predict receives a carry, when it does not, and the difference.")
+    sec.figure("carry_layer1_attention", plots.heatmaps,
+               "Mean layer-1 attention (per head, to each key position) from positions 9, 10, 11 "
+               "when the digit they predict receives a carry, when it does not, and the difference.",
+               panels, titles, center=True,
+               suptitle="Layer-1 attention from the position predicting each digit, by carry", xlabel="key position",
+               ylabel="head", xticks=pos_ticks, yticks=head_ticks, ncols=3, panel=4.0)
     rows = [[OUT_LABELS[i], f"H1.{h}", float(att["max_abs_difference"][i, h]),
              int(np.nanargmax(np.abs(att["mean"][i, 0, h] - att["mean"][i, 1, h])))]
             for i in range(sd.N_DIGITS - 1) for h in range(H)]
@@ -755,7 +761,7 @@ def notebook_comparison(cfg: ModelConfig, u: dict, heads: dict, qkv: dict, subse
     return {k: {"notebook": NOTEBOOK_FINDINGS[k], "ours": ours[k]} for k in NOTEBOOK_FINDINGS}
 
 
-def analyze(cfg: ModelConfig, params: dict, tokens: np.ndarray, an, wd: Workdir, rep: Report) -> dict:
+def analyze(cfg: ModelConfig, params: dict, tokens: np.ndarray, an, rep: Report) -> dict:
     """Every analysis of study 4 on a processed model and sequences [n, 14];
     adds report sections, returns the numbers. `an`: the config's analysis
     fields (significant_dim_fraction, corresponding_digit_threshold)."""
@@ -766,7 +772,7 @@ def analyze(cfg: ModelConfig, params: dict, tokens: np.ndarray, an, wd: Workdir,
     carry = sd.carry_in(tokens)
     out: dict = {}
     u = unembed_structure(params, float(an.significant_dim_fraction))
-    out["unembed"] = unembed_section(u, wd, rep)
+    out["unembed"] = unembed_section(u, rep)
 
     heads, base = {}, None
     for kind in ("zero", "mean"):
@@ -774,17 +780,17 @@ def analyze(cfg: ModelConfig, params: dict, tokens: np.ndarray, an, wd: Workdir,
         heads[kind] = summarize_ablation(values, base, carry)
     qkv = summarize_ablation(*ablation_scores(cfg, params, tokens, site=QKV, kind="mean"), carry)
     subsets = qkv_on_subsets(cfg, params, tokens, carry)
-    ablation_section(cfg, heads, qkv, subsets, wd, rep)
+    ablation_section(cfg, heads, qkv, subsets, rep)
     out["head_ablations"], out["qkv_mean_ablations"] = heads, qkv
     out["qkv_mean_ablations_on_carry_subsets"] = subsets
 
     qk = layer0_qk(cfg, params, acts, float(an.corresponding_digit_threshold))
-    qk_section(cfg, qk, wd, rep)
+    qk_section(cfg, qk, rep)
     out["layer0_qk"] = {k: v for k, v in qk.items() if k not in ("full_scores",)}
-    out["direct_logit_attribution"] = dla_section(logit_attribution(cfg, params, acts, logits, tokens), wd, rep)
+    out["direct_logit_attribution"] = dla_section(logit_attribution(cfg, params, acts, logits, tokens), rep)
     ov = layer1_ov(cfg, params)
-    out["layer1_ov"] = ov_section(cfg, ov, wd, rep)
-    out["carries"] = carry_section(cfg, tokens, carry, base, heads, carry_attention(acts, carry), wd, rep)
+    out["layer1_ov"] = ov_section(cfg, ov, rep)
+    out["carries"] = carry_section(cfg, tokens, carry, base, heads, carry_attention(acts, carry), rep)
     out["notebook_comparison"] = notebook_comparison(cfg, u, heads, qkv, subsets, qk, ov, out["carries"])
     sec = rep.section("The notebook's findings and ours")
     sec.table(["finding", "notebook", "this run"],

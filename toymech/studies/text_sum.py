@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import sys
+import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -50,7 +51,7 @@ from toymech import interventions as iv
 from toymech.analysis import linalg, probes, sweeps
 from toymech.config import ModelConfig
 from toymech.report import Report
-from toymech.studies.grokking import config_section
+from toymech.studies import common
 from toymech.tasks import text_sum as ts
 
 INTRO = (
@@ -101,24 +102,44 @@ class TrainedRun:
 # --------------------------------------------------------------------------- data and training
 
 
-def load_data(config, wd: experiment.Workdir) -> tuple[ts.Dataset, ts.Dataset, dict[str, str]]:
-    """(train, val, {'train': path, 'val': path}): the user's TSV files, or a generated split."""
+def user_files(config) -> dict[str, str]:
+    """{'train': path, 'val': path} of the user's TSV files, or {} when the split is generated."""
     d = config.data
     if bool(d.train_tsv) != bool(d.val_tsv):
         raise ValueError("give both config.data.train_tsv and config.data.val_tsv, or neither (to generate them)")
-    if d.train_tsv:
-        files = {"train": str(d.train_tsv), "val": str(d.val_tsv)}
+    files = {"train": str(d.train_tsv), "val": str(d.val_tsv)} if d.train_tsv else {}
+    for split, path in files.items():
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"config.data.{split}_tsv = {path!r}: no such file")
+    return files
+
+
+def load_data(config) -> tuple[ts.Dataset, ts.Dataset]:
+    """(train, val): the user's TSV files (`user_files`), or the generated split. Checked
+    before the workdir is opened, so a bad file leaves no config.json behind."""
+    files = user_files(config)
+    if files:
+        train_xyz, val_xyz = ts.read_tsv(files["train"]), ts.read_tsv(files["val"])
     else:
-        files = {split: str(wd.path / "data" / f"{split}.tsv") for split in ("train", "val")}
+        d = config.data
         (xt, yt), (xv, yv) = ts.generate_split(int(d.n_train), int(d.n_val), int(d.max_operand), int(d.seed))
-        ts.write_tsv(files["train"], xt, yt)
-        ts.write_tsv(files["val"], xv, yv)
-    train_xyz, val_xyz = ts.read_tsv(files["train"]), ts.read_tsv(files["val"])
+        train_xyz, val_xyz = (xt, yt, xt + yt), (xv, yv, xv + yv)
     length = ts.max_length(train_xyz[:2], val_xyz[:2])
     if length > int(config.model.n_ctx):
-        raise ValueError(f"the longest problem in {files['train']} / {files['val']} has {length} characters, more "
+        where = f"{files['train']} / {files['val']}" if files else "the generated split"
+        raise ValueError(f"the longest problem in {where} has {length} characters, more "
                          f"than the model's n_ctx={config.model.n_ctx}; raise config.model.n_ctx")
-    return ts.make_dataset(*train_xyz, length=length), ts.make_dataset(*val_xyz, length=length), files
+    return ts.make_dataset(*train_xyz, length=length), ts.make_dataset(*val_xyz, length=length)
+
+
+def data_files(config, wd: experiment.Workdir, train_data: ts.Dataset, val_data: ts.Dataset) -> dict[str, str]:
+    """The files the run's data is in: the user's, or the generated split written to workdir/data/."""
+    files = user_files(config)
+    if not files:
+        files = {split: str(wd.path / "data" / f"{split}.tsv") for split in ("train", "val")}
+        for split, data in (("train", train_data), ("val", val_data)):
+            ts.write_tsv(files[split], data.x, data.y)
+    return files
 
 
 @functools.lru_cache(maxsize=None)
@@ -128,9 +149,9 @@ def _loss_fn(cfg: ModelConfig):
     return functools.partial(ts.loss_fn, cfg)
 
 
-def train_model(config, wd: experiment.Workdir) -> TrainedRun:
+def train_model(config, wd: experiment.Workdir, train_data: ts.Dataset, val_data: ts.Dataset) -> TrainedRun:
     """Train (or resume, or reload a finished run) and pick the best validation epoch."""
-    train_data, val_data, files = load_data(config, wd)
+    files = data_files(config, wd, train_data, val_data)
     cfg = ts.model_config(**config.model.to_dict())
     seed = int(config.seed)
     t0 = time.perf_counter()
@@ -147,11 +168,9 @@ def train_model(config, wd: experiment.Workdir) -> TrainedRun:
                       result.eval_history, time.perf_counter() - t0)
 
 
-def metrics_rows(run: TrainedRun) -> list[dict]:
-    """One row per epoch: train loss/MAE (epoch means), validation loss/MAE, lr."""
-    th, eh = run.train_history, run.eval_history
-    return [{"step": int(e), "train/loss": th["loss"][i], "train/mae": th["mae"][i], "val/loss": eh["loss"][i],
-             "val/mae": eh["mae"][i], "lr": th["lr"][i]} for i, e in enumerate(th["epoch"])]
+# metrics.jsonl: one row per epoch: train loss/MAE (epoch means), validation loss/MAE, lr.
+METRICS = {"train/loss": ("train", "loss"), "train/mae": ("train", "mae"), "val/loss": ("eval", "loss"),
+           "val/mae": ("eval", "mae"), "lr": ("train", "lr")}
 
 
 # --------------------------------------------------------------------------- analyses
@@ -310,18 +329,18 @@ def training_summary(run: TrainedRun, pred: np.ndarray) -> dict:
     }
 
 
-def training_section(run: TrainedRun, summary: dict, pred: np.ndarray, wd: experiment.Workdir, rep: Report) -> None:
+def training_section(run: TrainedRun, summary: dict, pred: np.ndarray, rep: Report) -> None:
     th, eh = run.train_history, run.eval_history
     sec = rep.section("Training")
-    f = plots.curves(wd.figure_path("loss_curves"), {"train MSE (epoch mean)": (th["epoch"], th["loss"]),
-                                                     "validation MSE": (eh["epoch"], eh["loss"])},
-                     title="Training", xlabel="epoch", ylabel="MSE, scaled units (log scale)", log_y=True,
-                     markers=True, vlines={"best epoch": run.best_epoch})
-    sec.figure(wd.relative(f), "Mean squared error of (prediction - sum / 2000) per epoch; the analyses below use "
-               "the epoch with the lowest validation MSE (dashed).")
-    f = plots.scatter(wd.figure_path("predictions"), run.val.z, pred, diagonal=True, xlabel="true sum x + y",
-                      ylabel="model prediction x 2000", title="Best model on the validation problems")
-    sec.figure(wd.relative(f), "Predicted vs true sum for every validation problem (dotted: y = x).")
+    sec.figure("loss_curves", plots.curves,
+               "Mean squared error of (prediction - sum / 2000) per epoch; the analyses below use "
+               "the epoch with the lowest validation MSE (dashed).",
+               {"train MSE (epoch mean)": (th["epoch"], th["loss"]), "validation MSE": (eh["epoch"], eh["loss"])},
+               title="Training", xlabel="epoch", ylabel="MSE, scaled units (log scale)", log_y=True, markers=True,
+               vlines={"best epoch": run.best_epoch})
+    sec.figure("predictions", plots.scatter, "Predicted vs true sum for every validation problem (dotted: y = x).",
+               run.val.z, pred, diagonal=True, xlabel="true sum x + y", ylabel="model prediction x 2000",
+               title="Best model on the validation problems")
     sec.key_values({
         "train / validation problems": f"{summary['n_train']} / {summary['n_val']}",
         "longest problem (tokens)": summary["max_problem_length"],
@@ -335,88 +354,111 @@ def training_section(run: TrainedRun, summary: dict, pred: np.ndarray, wd: exper
     }, caption="Training at a glance")
 
 
-def analyze(run: TrainedRun, hidden: np.ndarray, wd: experiment.Workdir, rep: Report) -> dict:
-    """Probes and both causal tests on the validation problems, from their residual stream
-    `hidden` [depth, n, pos, d_model] (see `hidden_states`); adds report sections."""
-    cfg, an, val = run.cfg, run.config.analysis, run.val
-    alpha = float(an.probe_alpha)
-    probe_key, random_key = jax.random.split(jax.random.key(int(an.seed)))
-    labels = depth_labels(cfg)
-    sums = jnp.asarray(val.x + val.y, jnp.float32)
-    pr = probe_sum(jnp.asarray(hidden), jnp.asarray(val.mask), sums, alpha=alpha, key=probe_key,
-                   test_size=float(an.probe_test_size))
-    out: dict = {"depths": list(labels), "sites": list(depth_sites(cfg))}
+def probe_numbers(run: TrainedRun, hidden: np.ndarray) -> dict:
+    """Ridge probes for x + y from the residual stream `hidden` [depth, n, pos, d] at every
+    depth and position and at the pooled last real token (in-sample and held out), with each
+    depth's pooled sum direction ('direction' [depth, d], the probe's unit weight vector)."""
+    an, val = run.config.analysis, run.val
+    probe_key, _ = jax.random.split(jax.random.key(int(an.seed)))
+    pr = probe_sum(jnp.asarray(hidden), jnp.asarray(val.mask), jnp.asarray(val.x + val.y, jnp.float32),
+                   alpha=float(an.probe_alpha), key=probe_key, test_size=float(an.probe_test_size))
+    return {"alpha": float(an.probe_alpha), "pooled_r2": pr.pooled_r2, "pooled_r2_heldout": pr.pooled_r2_heldout,
+            "position_r2": pr.position_r2, "position_r2_heldout": pr.position_r2_heldout,
+            "share_of_real_tokens_by_position": val.mask.mean(0),
+            "final_pooled_r2": float(pr.pooled_r2[-1]), "direction": np.asarray(pr.direction)}
 
-    # ---------------------------------------------------------------- probes
+
+def probe_section(pr: dict, labels: Sequence[str], rep: Report) -> None:
     sec = rep.section("Linear probes for the sum")
-    positions = np.arange(hidden.shape[2])
-    real_share = val.mask.mean(0)
-    series = {f"{lab}": (positions, pr.position_r2[d]) for d, lab in enumerate(labels)}
-    series[f"{labels[-1]} (held out)"] = (positions, pr.position_r2_heldout[-1])
+    positions = np.arange(len(pr["share_of_real_tokens_by_position"]))
+    series = {f"{lab}": (positions, pr["position_r2"][d]) for d, lab in enumerate(labels)}
+    series[f"{labels[-1]} (held out)"] = (positions, pr["position_r2_heldout"][-1])
     n_ref = len(NOTEBOOK["position_r2"])
     series["notebook (its final hidden state)"] = (np.arange(n_ref), NOTEBOOK["position_r2"])
-    f = plots.curves(wd.figure_path("probe_r2_by_position"), series, title="Ridge probe R² for x + y by position",
-                     xlabel="position", ylabel="R²", markers=True, highlight=(labels[-1],))
-    sec.figure(wd.relative(f), f"R² of a ridge probe (alpha {alpha:g}) from the residual stream at each position to "
+    sec.figure("probe_r2_by_position", plots.curves,
+               f"R² of a ridge probe (alpha {pr['alpha']:g}) from the residual stream at each position to "
                "x + y, in-sample as the notebook, per depth; the final depth also held out. Positions past a "
                "problem's end are padding for the shorter problems (their share of real tokens: "
-               f"{', '.join(f'{s:.2f}' for s in real_share)}).")
-    f = plots.bars(wd.figure_path("probe_r2_pooled"), list(labels),
-                   {"in-sample": pr.pooled_r2, "held out": pr.pooled_r2_heldout},
-                   title="Probe R² at the pooled last real token", ylabel="R²")
-    sec.figure(wd.relative(f), "R² of the probe from the last real token's residual stream (the vector the "
-               "regression head reads) at each depth; the notebook's pooled R² is 0.986.")
+               f"{', '.join(f'{s:.2f}' for s in pr['share_of_real_tokens_by_position'])}).",
+               series, title="Ridge probe R² for x + y by position", xlabel="position", ylabel="R²", markers=True,
+               highlight=(labels[-1],))
+    sec.figure("probe_r2_pooled", plots.bars,
+               "R² of the probe from the last real token's residual stream (the vector the "
+               "regression head reads) at each depth; the notebook's pooled R² is 0.986.",
+               list(labels), {"in-sample": pr["pooled_r2"], "held out": pr["pooled_r2_heldout"]},
+               title="Probe R² at the pooled last real token", ylabel="R²")
     sec.table(["depth", "pooled R² (in-sample)", "pooled R² (held out)", "min / max R² over positions"],
-              [[lab, float(pr.pooled_r2[d]), float(pr.pooled_r2_heldout[d]),
-                f"{pr.position_r2[d].min():.3f} / {pr.position_r2[d].max():.3f}"] for d, lab in enumerate(labels)],
+              [[lab, float(pr["pooled_r2"][d]), float(pr["pooled_r2_heldout"][d]),
+                f"{pr['position_r2'][d].min():.3f} / {pr['position_r2'][d].max():.3f}"]
+               for d, lab in enumerate(labels)],
               caption="Probes (notebook: pooled 0.986, by position 0.76-0.92)")
-    out["probes"] = {"alpha": alpha, "pooled_r2": pr.pooled_r2, "pooled_r2_heldout": pr.pooled_r2_heldout,
-                     "position_r2": pr.position_r2, "position_r2_heldout": pr.position_r2_heldout,
-                     "share_of_real_tokens_by_position": real_share,
-                     "final_pooled_r2": float(pr.pooled_r2[-1])}
 
-    # ---------------------------------------------------------------- causal test 1: ridge readout
-    k = int(an.n_random_directions)
-    random_dirs = random_unit_directions(random_key, k, cfg.d_model)
-    pooled = ts.pool_last(jnp.asarray(hidden[-1]), jnp.asarray(val.mask))  # [n, d]
-    readout = readout_causal_test(pooled, jnp.asarray(pr.direction[-1]), jnp.asarray(val.z, jnp.float32),
-                                  jnp.asarray(random_dirs), alpha=alpha)
+
+def control_directions(run: TrainedRun) -> np.ndarray:
+    """The random unit directions [k, d_model] both causal tests use as a control."""
+    an = run.config.analysis
+    _, random_key = jax.random.split(jax.random.key(int(an.seed)))
+    return random_unit_directions(random_key, int(an.n_random_directions), run.cfg.d_model)
+
+
+def readout_numbers(run: TrainedRun, hidden: np.ndarray, direction: np.ndarray, random_dirs: np.ndarray) -> dict:
+    """Causal test 1 (the notebook's): the final pooled vectors' ridge readout MSE before and after
+    projecting out the final depth's sum direction `direction` [d] (or a random one)."""
+    pooled = ts.pool_last(jnp.asarray(hidden[-1]), jnp.asarray(run.val.mask))  # [n, d]
+    return readout_causal_test(pooled, jnp.asarray(direction), jnp.asarray(run.val.z, jnp.float32),
+                               jnp.asarray(random_dirs), alpha=float(run.config.analysis.probe_alpha))
+
+
+def readout_section(readout: dict, k: int, rep: Report) -> None:
     sec = rep.section("Causal test 1: remove the sum direction from the pooled vectors")
-    f = plots.bars(wd.figure_path("readout_causal_test"),
-                   ["before", "sum direction removed", f"random direction removed (mean of {k})"],
-                   {"toymech": [readout["ridge_head_mse_before"], readout["ridge_head_mse_after"],
-                                readout["ridge_head_mse_after_random_mean"]],
-                    "notebook": [NOTEBOOK["ridge_head_mse_before"], NOTEBOOK["ridge_head_mse_after"], np.nan]},
-                   title="Ridge readout MSE of the target (sum units²)", ylabel="MSE", log_y=True)
-    sec.figure(wd.relative(f), "The notebook's test: the pooled probe's weight vector is the sum direction; "
+    sec.figure("readout_causal_test", plots.bars,
+               "The notebook's test: the pooled probe's weight vector is the sum direction; "
                "projecting it out of the final pooled vectors and refitting a ridge readout of the target raises "
-               "its (in-sample) MSE; projecting out a random direction instead barely changes it.")
+               "its (in-sample) MSE; projecting out a random direction instead barely changes it.",
+               ["before", "sum direction removed", f"random direction removed (mean of {k})"],
+               {"toymech": [readout["ridge_head_mse_before"], readout["ridge_head_mse_after"],
+                            readout["ridge_head_mse_after_random_mean"]],
+                "notebook": [NOTEBOOK["ridge_head_mse_before"], NOTEBOOK["ridge_head_mse_after"], np.nan]},
+               title="Ridge readout MSE of the target (sum units²)", ylabel="MSE", log_y=True)
     sec.table(["quantity", "toymech", "notebook"], [
         ["ridge readout MSE before", readout["ridge_head_mse_before"], NOTEBOOK["ridge_head_mse_before"]],
         ["after removing the sum direction", readout["ridge_head_mse_after"], NOTEBOOK["ridge_head_mse_after"]],
         ["delta", readout["delta_mse"], NOTEBOOK["delta_mse"]],
         [f"after removing a random direction (mean of {k})", readout["ridge_head_mse_after_random_mean"], None],
     ], caption="Readout MSE in sum units² (the notebook's model is less precise, so its MSEs are larger)")
-    out["readout_causal_test"] = readout
 
-    # ---------------------------------------------------------------- causal test 2: in the forward pass
-    inter = intervention_causal_test(cfg, run.params, val, hidden, pr.direction, random_dirs,
-                                     chunk_size=int(an.chunk_size))
+
+def intervention_numbers(run: TrainedRun, hidden: np.ndarray, directions: np.ndarray,
+                         random_dirs: np.ndarray) -> dict:
+    """Causal test 2: the model's own MSE with each depth's sum direction (or a random one)
+    projected out or set to its mean inside the forward pass (`intervention_causal_test`)."""
+    inter = intervention_causal_test(run.cfg, run.params, run.val, hidden, directions, random_dirs,
+                                     chunk_size=int(run.config.analysis.chunk_size))
+    return {
+        "baseline_mse": inter["baseline"], "position_modes": list(POSITION_MODES), "edit_kinds": list(EDIT_KINDS),
+        "sum_direction_mse": inter["sum_direction"], "random_direction_mse": inter["random"],
+        "random_direction_mse_mean": inter["random"].mean(-1),  # [depth, mode, kind]
+        "final_depth_last_token_projected_out_mse": float(inter["sum_direction"][-1, 0, 0]),
+        "final_depth_last_token_set_to_mean_mse": float(inter["sum_direction"][-1, 0, 1]),
+    }
+
+
+def intervention_section(inter: dict, labels: Sequence[str], k: int, rep: Report) -> None:
     sec = rep.section("Causal test 2: remove the sum direction inside the forward pass")
-    rand = inter["random"].mean(-1)  # [depth, mode, kind]
-    groups = {"no edit": [inter["baseline"]] * len(labels)}
+    rand = inter["random_direction_mse_mean"]
+    groups = {"no edit": [inter["baseline_mse"]] * len(labels)}
     for e, kind in enumerate(EDIT_KINDS):
-        groups[f"sum direction {kind}"] = inter["sum_direction"][:, 0, e]
+        groups[f"sum direction {kind}"] = inter["sum_direction_mse"][:, 0, e]
         groups[f"random direction {kind}"] = rand[:, 0, e]
-    f = plots.bars(wd.figure_path("intervention_causal_test"), list(labels), groups, log_y=True,
-                   title="The model's own MSE with a direction removed at the last real token (sum units²)",
-                   ylabel="MSE")
-    sec.figure(wd.relative(f), "At each depth of the residual stream (x axis), the component along that depth's "
+    sec.figure("intervention_causal_test", plots.bars,
+               "At each depth of the residual stream (x axis), the component along that depth's "
                f"pooled-probe sum direction, or along a random unit direction (mean over {k}), is projected out "
                "(set to 0, as the notebook does to the pooled vectors) or set to its mean over the problems, at the "
                "last real token inside the forward pass (interventions.project_out + add); bars are the model's "
                "own MSE on the validation problems. At the last block's output this is the forward-pass version "
-               "of causal test 1.")
+               "of causal test 1.",
+               list(labels), groups, log_y=True,
+               title="The model's own MSE with a direction removed at the last real token (sum units²)", ylabel="MSE")
     sec.text("Setting the component to its mean removes what the direction says about each problem while keeping "
              "the activation where the model expects it; projecting it out also shifts the activation off its usual "
              "range, which hurts even for random directions. At the embeddings the last real token is always '?', "
@@ -426,16 +468,23 @@ def analyze(run: TrainedRun, hidden: np.ndarray, wd: experiment.Workdir, rep: Re
     for d, lab in enumerate(labels):
         for m, mode in enumerate(POSITION_MODES):
             rows.append([lab, mode] + [float(v) for e in range(len(EDIT_KINDS))
-                                       for v in (inter["sum_direction"][d, m, e], rand[d, m, e])])
+                                       for v in (inter["sum_direction_mse"][d, m, e], rand[d, m, e])])
     sec.table(["depth", "where"] + [f"{what} {kind}" for kind in EDIT_KINDS for what in ("sum direction", "random")],
-              rows, caption=f"Model MSE in sum units² (no edit: {inter['baseline']:.4g}; random: mean of {k})")
-    out["intervention_causal_test"] = {
-        "baseline_mse": inter["baseline"], "position_modes": list(POSITION_MODES), "edit_kinds": list(EDIT_KINDS),
-        "sum_direction_mse": inter["sum_direction"], "random_direction_mse": inter["random"],
-        "random_direction_mse_mean": rand,
-        "final_depth_last_token_projected_out_mse": float(inter["sum_direction"][-1, 0, 0]),
-        "final_depth_last_token_set_to_mean_mse": float(inter["sum_direction"][-1, 0, 1]),
-    }
+              rows, caption=f"Model MSE in sum units² (no edit: {inter['baseline_mse']:.4g}; random: mean of {k})")
+
+
+def analyze(run: TrainedRun, hidden: np.ndarray, rep: Report) -> dict:
+    """Probes and both causal tests on the validation problems, from their residual stream
+    `hidden` [depth, n, pos, d_model] (see `hidden_states`): each analysis's numbers, then its section."""
+    labels, k = depth_labels(run.cfg), int(run.config.analysis.n_random_directions)
+    out: dict = {"depths": list(labels), "sites": list(depth_sites(run.cfg))}
+    out["probes"] = probe_numbers(run, hidden)
+    probe_section(out["probes"], labels, rep)
+    random_dirs = control_directions(run)
+    out["readout_causal_test"] = readout_numbers(run, hidden, out["probes"]["direction"][-1], random_dirs)
+    readout_section(out["readout_causal_test"], k, rep)
+    out["intervention_causal_test"] = intervention_numbers(run, hidden, out["probes"]["direction"], random_dirs)
+    intervention_section(out["intervention_causal_test"], labels, k, rep)
     return out
 
 
@@ -445,20 +494,15 @@ def train_and_evaluate(config, workdir) -> dict:
     Returns the results dict also written to workdir/results.json.
     """
     t0 = time.perf_counter()
-    wd = experiment.open_workdir(workdir, config)
-    run = train_model(config, wd)
-    experiment.write_metrics(wd, metrics_rows(run))
+    train_data, val_data = load_data(config)
+    wd = common.open_workdir(workdir, config, "text_sum", data_files=user_files(config))
+    run = train_model(config, wd, train_data, val_data)
+    nonfinite = common.write_metrics(wd, "text_sum", run.train_history, run.eval_history, METRICS)
     pred, hidden = hidden_states(run.cfg, run.params, run.val)
     summary = training_summary(run, pred)
     results: dict[str, Any] = {"variant": config.variant, "data_files": run.data_files, "training": summary}
-    rep = Report(f"Regression of a sum from text ({config.variant} variant)", INTRO)
-    training_section(run, summary, pred, wd, rep)
-    results["analysis"] = analyze(run, hidden, wd, rep)
+    rep = Report(f"Regression of a sum from text ({config.variant} variant)", INTRO, directory=wd.path)
+    training_section(run, summary, pred, rep)
+    results["analysis"] = analyze(run, hidden, rep)
     results["notebook"] = NOTEBOOK
-    config_section(config, rep)
-    results["seconds_total_this_process"] = time.perf_counter() - t0
-    experiment.write_results(wd, results)
-    rep.write(wd.report_path)
-    print(f"[text_sum] wrote {wd.report_path} and {wd.results_path} "
-          f"({results['seconds_total_this_process']:.0f}s)", file=sys.stderr)
-    return results
+    return common.finish("text_sum", config, wd, rep, results, t0, nonfinite)

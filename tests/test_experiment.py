@@ -1,0 +1,89 @@
+"""Honest workdirs (toymech.experiment) and the shared binary entry point (experiments/common.py):
+one-line errors for bad input, configs built from variants and overrides, data fingerprints."""
+
+import hashlib
+import json
+
+import ml_collections
+import numpy as np
+import pytest
+
+from toymech import experiment
+from toymech.studies import common as study_common
+
+from conftest import run_binary, study_config
+
+
+def test_a_workdir_that_is_a_file_is_refused(tmp_path):
+    path = tmp_path / "afile"
+    path.write_text("x")
+    with pytest.raises(experiment.WorkdirError, match="afile is a file, not a directory"):
+        experiment.open_workdir(path, {"a": 1})
+
+
+def test_changed_data_is_refused_naming_the_file(tmp_path):
+    data = tmp_path / "train.tsv"
+    data.write_text("1\t2\t3\n")
+    wd = experiment.open_workdir(tmp_path / "run", {"a": 1}, data_files={"train": data})
+    stored = json.loads(wd.inputs_path.read_text())["train"]
+    assert (stored["size"], stored["sha256"]) == (6, hashlib.sha256(b"1\t2\t3\n").hexdigest())
+    experiment.open_workdir(wd.path, {"a": 1}, data_files={"train": data})  # same data: reopened
+    data.write_text("1\t2\t4\n")  # same size, other contents
+    with pytest.raises(experiment.DataChangedError, match=r"train.tsv \(train\) changed since the run"):
+        experiment.open_workdir(wd.path, {"a": 1}, data_files={"train": data})
+
+
+def test_build_config_combines_variants_and_overrides():
+    base = lambda: ml_collections.ConfigDict({"a": 1, "b": {"c": 0.5, "s": "x"}, "t": (1,)})
+    variants = {"big": lambda c: setattr(c, "a", 10), "half": lambda c: setattr(c, "a", c.a // 2)}
+    build = lambda arg: experiment.build_config(base, variants, arg, study="toy")
+    assert build("big,half").a == 5 and build("half,big").a == 10  # left to right
+    c = build("big,b.c=2,b.s=hello,t=[3]")
+    assert (c.a, c.b.c, c.b.s, c.t, c.variant, c.study) == (10, 2.0, "hello", (3,), "big,b.c=2,b.s=hello,t=[3]", "toy")
+    assert build(None).variant == build("default").variant == "default"
+    with pytest.raises(experiment.StudyError, match=r"unknown toy variant 'bigg' \(did you mean 'big'\?\)"):
+        build("bigg")
+    with pytest.raises(experiment.StudyError, match=r"unknown field 'b.cc' \(did you mean 'b.c'\?\)"):
+        build("b.cc=1")
+    with pytest.raises(experiment.StudyError, match=r"field a is 1 \(int\); got 'many'"):
+        build("a=many")
+
+
+def test_nonfinite_metrics_are_flagged(tmp_path, capsys):
+    wd = experiment.open_workdir(tmp_path, {"a": 1})
+    th = {"epoch": np.arange(1, 5), "loss": np.array([1.0, 0.5, np.nan, np.nan])}
+    eh = {"epoch": np.array([2, 4]), "loss": np.array([0.7, np.inf])}
+    bad = study_common.write_metrics(wd, "toy", th, eh, {"train/loss": ("train", "loss"), "val/loss": ("eval", "loss")})
+    assert bad == {"train/loss": [4], "val/loss": [4]}
+    assert "[toy] warning: train/loss is not finite" in capsys.readouterr().err
+    rows = experiment.read_metrics(wd)
+    assert rows == [{"step": 2, "train/loss": 0.5, "val/loss": 0.7}, {"step": 4, "train/loss": None, "val/loss": None}]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--config=configs/reverse.py:quik"], "error: unknown reverse variant 'quik' (did you mean 'quick'?)"),
+    (["--config=configs/reverse.py:quick", "--config.optimizer.lrr=1"],
+     "error: --config.optimizer.lrr: no such config field (did you mean 'optimizer.lr'?)"),
+    (["--config=configs/grokking.py:quick"], "error: configs/grokking.py:quick is a grokking config"),
+])
+def test_the_binary_reports_bad_flags_in_one_line(tmp_path, flags, message):
+    proc = run_binary("reverse", tmp_path / "w", *flags, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.startswith(message), proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "w").exists()
+
+
+def test_the_binary_refuses_a_workdir_that_is_a_file(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    proc = run_binary("reverse", tmp_path / "afile", "--config=configs/reverse.py:quick", timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (f"error: --workdir {tmp_path / 'afile'} is a file, not a directory; give a "
+                                   "directory (new or a run's)")
+
+
+def test_a_missing_input_leaves_no_config_behind(tmp_path):
+    from toymech.studies import text_sum
+    config = study_config("text_sum", "quick")
+    config.data.train_tsv, config.data.val_tsv = str(tmp_path / "missing.tsv"), str(tmp_path / "val.tsv")
+    with pytest.raises(FileNotFoundError, match=r"config.data.train_tsv = '.*missing.tsv': no such file"):
+        text_sum.train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "config.json").exists()
