@@ -43,6 +43,7 @@ import numpy as np
 from toymech import interventions as iv
 from toymech.cache import ActivationCache
 from toymech.config import ModelConfig
+from toymech.params import flatten_params
 from toymech.sites import check_sites, site_names, site_shape
 
 ACT_FNS = {
