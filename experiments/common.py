@@ -10,6 +10,9 @@ nearest valid name), a config for another study, and later a workdir that is a f
 a config that differs from the workdir's, changed data files, an invalid input or a
 file that cannot be written all end the binary with one line `error: ...` and exit
 status 1, not a traceback (TOYMECH_TRACEBACK=1 shows the traceback as well).
+
+JAX's persistent compilation cache is on (`--compilation_cache_dir`, default
+~/.cache/toymech/jax; `--nocompilation_cache` switches it off).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from toymech import checkpoint, experiment
+from toymech import checkpoint, compilation_cache, experiment
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -108,10 +111,19 @@ def main(study: str | None = None, argv: list[str] | None = None) -> None:
         "config", spec, "Config file and its variants/overrides: configs/<study>.py[:variant,...,field=value]",
         lock_config=True)
     workdir_flag = flags.DEFINE_string("workdir", None, "Directory for everything the run writes.", required=True)
+    cache_flag = flags.DEFINE_bool("compilation_cache", True, "Keep compiled XLA programs on disk, so that a rerun "
+                                   "or another study with the same shapes skips compilation.")
+    cache_dir_flag = flags.DEFINE_string("compilation_cache_dir", None, "Where: default $TOYMECH_CACHE_DIR or "
+                                         "~/.cache/toymech/jax (see toymech.compilation_cache).")
 
     def run(args):
         if len(args) > 1:
             raise app.UsageError(f"unexpected arguments: {args[1:]}")
+        if cache_flag.value:
+            try:
+                compilation_cache.enable(cache_dir_flag.value)
+            except OSError as e:
+                _fail(f"{e} (pass --nocompilation_cache to run without it)", e)
         _run_study(config_flag.value, workdir_flag.value)
 
     app.run(run, argv=argv)

@@ -72,6 +72,15 @@ def test_the_binary_reports_bad_flags_in_one_line(tmp_path, flags, message):
     assert "Traceback" not in proc.stderr and not (tmp_path / "w").exists()
 
 
+def test_an_unusable_compilation_cache_folder_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    proc = run_binary("reverse", tmp_path / "w", "--config=configs/reverse.py:quick",
+                      f"--compilation_cache_dir={tmp_path / 'afile' / 'cache'}", timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().startswith(f"error: cannot create the compilation cache folder {tmp_path / 'afile'}")
+    assert proc.stderr.strip().endswith("(pass --nocompilation_cache to run without it)")
+
+
 def test_the_binary_refuses_a_workdir_that_is_a_file(tmp_path):
     (tmp_path / "afile").write_text("x")
     proc = run_binary("reverse", tmp_path / "afile", "--config=configs/reverse.py:quick", timeout=120)

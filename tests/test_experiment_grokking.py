@@ -30,8 +30,10 @@ def get_config(arg):
 def quick_workdir(tmp_path_factory):
     """The binary, run as a user would, on the quick variant."""
     workdir = tmp_path_factory.mktemp("grokking") / "quick"
-    proc = run_binary("grokking", workdir, "--config=configs/grokking.py:quick")
+    cache = workdir.parent / "compilation_cache"
+    proc = run_binary("grokking", workdir, "--config=configs/grokking.py:quick", f"--compilation_cache_dir={cache}")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert any(not f.name.startswith(".") for f in cache.iterdir()), "the binary cached no compiled program"
     assert "[train] epoch 300/300" in proc.stderr  # progress lines with losses, throughput and ETA
     assert "ETA" in proc.stderr and "epochs/s" in proc.stderr
     return workdir

@@ -365,7 +365,7 @@ def test_crash_mid_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
         real_replace(src, dst)
 
     monkeypatch.setattr(ckpt.os, "replace", replace_fails_on_second_checkpoint)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(ckpt.WriteError, match=r"ckpt_00000004\.msgpack: disk full \(simulated\)"):
         T.train(LOSS, INIT, DATA, ADAMW, **kw)
     monkeypatch.setattr(ckpt.os, "replace", real_replace)
     ckpt_dir = str(tmp_path / "checkpoints")
