@@ -127,7 +127,8 @@ def test_the_attention_view_shows_the_selected_head_and_query(driver, synthetic_
     assert state["weights"][2:] == [0, 0]  # causal: query 1 sees keys 0 and 1 only
     strongest = int(np.argmax(patterns[0, 1, 2, 1]))
     words, weight = state["readout"].rsplit(" (", 1)
-    assert words == f"layer 1, head 2: query 1 \u201c{HOSTILE[1]}\u201d attends most to key {strongest} \u201c{HOSTILE[strongest]}\u201d"
+    assert words == (f"layer 1, head 2: query 1 \u201c{HOSTILE[1]}\u201d attends most to key {strongest} "
+                     f"\u201c{HOSTILE[strongest]}\u201d")
     assert float(weight.rstrip(")")) == pytest.approx(patterns[0, 1, 2, 1, strongest], abs=1e-3)
     cells = view.find_elements(By.CSS_SELECTOR, ".attention-matrix tbody tr")[3].find_elements(By.TAG_NAME, "td")
     np.testing.assert_allclose([float(c.get_attribute("data-w")) for c in cells], patterns[0, 1, 2, 3], atol=1e-4)

@@ -136,7 +136,8 @@ _ATTENTION_JS = r"""
         const b = el("button", k === q ? "query" : "", t);
         b.type = "button";
         b.dataset.pos = k;
-        b.title = "position " + k + ": weight " + w[q][k].toFixed(3) + " from query " + q + "; click to make it the query";
+        b.title = "position " + k + ": weight " + w[q][k].toFixed(3) + " from query " + q +
+          "; click to make it the query";
         shade(b, w[q][k]);
         b.addEventListener("click", () => choose({query: k}));
         strip.appendChild(b);
@@ -319,18 +320,18 @@ class Section:
           tokens are shaded by that query's weights and the matrix shows the whole head.
         """
         patterns = np.asarray(patterns, np.float32)
-        if patterns.ndim != 5:
-            raise ValueError(f"attention patterns must be [example, layer, head, query, key], got shape {patterns.shape}")
-        n, _, _, n_q, n_k = patterns.shape
+        if patterns.ndim != 5 or patterns.shape[3] != patterns.shape[4]:
+            raise ValueError("attention patterns must be [example, layer, head, query, key] (self-attention over "
+                             f"one token sequence: as many queries as keys), got shape {patterns.shape}")
+        n, n_pos = patterns.shape[0], patterns.shape[3]
         if not caption.strip():
             raise ValueError("an attention view needs a caption saying what it shows")
         if len(tokens) != n:
             raise ValueError(f"attention view: {len(tokens)} token lists for {n} examples")
         tokens = [[str(t) for t in toks] for toks in tokens]
         for i, toks in enumerate(tokens):
-            if not 1 <= len(toks) <= min(n_q, n_k):
-                raise ValueError(f"attention view: example {i} has {len(toks)} token labels for {n_q} query and "
-                                 f"{n_k} key positions")
+            if not 1 <= len(toks) <= n_pos:
+                raise ValueError(f"attention view: example {i} has {len(toks)} token labels for {n_pos} positions")
         if not np.all(np.isfinite(patterns)):
             raise ValueError("attention view: the patterns hold NaN or infinite weights")
         names = [" ".join(toks) for toks in tokens] if examples is None else [str(e) for e in examples]
