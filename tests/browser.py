@@ -3,7 +3,8 @@
 Debian's packages `chromium` and `chromium-driver` (`.ci/run` installs them when missing)
 give /usr/bin/chromium and /usr/bin/chromedriver; elsewhere any `chromium`/`chromedriver`
 on PATH will do. `find_chromium()` says what is missing; `open_page(driver, path)` loads a
-file and returns its console errors, `console_errors(driver)` those logged since.
+file and returns its console errors, `console_errors(driver)` those logged since;
+`broken_images` and `remote_references` list what a reader would miss offline.
 """
 
 from __future__ import annotations
@@ -56,6 +57,13 @@ def open_page(driver, path: Path) -> list[dict]:
     driver.get(Path(path).resolve().as_uri())
     assert driver.execute_script("return document.readyState") == "complete"
     return console_errors(driver)
+
+
+def remote_references(driver) -> list[str]:
+    """Every src or href on the page (resolved) that is not a local file or inline data."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('[src], [href]')).map(e => e.src || e.href)"
+        ".filter(u => !/^(file|data):/.test(u))")
 
 
 def broken_images(driver) -> list[str]:

@@ -14,7 +14,7 @@ from selenium.webdriver.support.select import Select
 
 from toymech.report import Report
 
-from browser import broken_images, chromium_driver, console_errors, open_page
+from browser import broken_images, chromium_driver, console_errors, open_page, remote_references
 from conftest import QUICK_STUDIES
 
 
@@ -67,6 +67,7 @@ def test_every_quick_report_loads_cleanly_and_its_attention_view_answers_clicks(
     assert errors == [], f"{quick_report}: console errors {errors}"
     assert driver.execute_script("return document.images.length") > 0
     assert broken_images(driver) == [], f"{quick_report}: images that did not load"
+    assert remote_references(driver) == []  # self-contained: nothing to fetch from a network
     views = driver.find_elements(By.CSS_SELECTOR, "figure.attention")
     assert len(views) == 1
     view = views[0]
