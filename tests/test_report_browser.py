@@ -48,20 +48,6 @@ def _data(view) -> dict:
     return json.loads(view.find_element(By.CSS_SELECTOR, "script.attention-data").get_attribute("textContent"))
 
 
-def _click_another_head_and_query(view) -> tuple[dict, dict]:
-    """Click the last head button, then the first token: the state before and after."""
-    before = _state(view)
-    view.find_elements(By.CSS_SELECTOR, "button.head")[-1].click()
-    view.find_elements(By.CSS_SELECTOR, ".attention-tokens button")[0].click()
-    return before, _state(view)
-
-
-def _weights_shown_match_the_data(view, state: dict) -> None:
-    s = state["selected"]
-    row = _data(view)["examples"][s["example"]]["pattern"][s["layer"]][s["head"]][s["query"]]
-    np.testing.assert_allclose(state["weights"], row, atol=1e-4)
-
-
 def test_every_quick_report_loads_cleanly_and_its_attention_view_answers_clicks(driver, quick_report):
     errors = open_page(driver, quick_report)
     assert errors == [], f"{quick_report}: console errors {errors}"
@@ -72,7 +58,10 @@ def test_every_quick_report_loads_cleanly_and_its_attention_view_answers_clicks(
     assert len(views) == 1
     view = views[0]
     data = _data(view)
-    before, after = _click_another_head_and_query(view)
+    before = _state(view)
+    view.find_elements(By.CSS_SELECTOR, "button.head")[-1].click()  # the last layer's last head
+    view.find_elements(By.CSS_SELECTOR, ".attention-tokens button")[0].click()  # query 0
+    after = _state(view)
     last_layer, last_head = data["n_layers"] - 1, data["n_heads"] - 1
     assert (last_layer, last_head) != (0, 0), "a view with one head cannot show a change of head"
     n = len(data["examples"][0]["tokens"])
@@ -82,7 +71,7 @@ def test_every_quick_report_loads_cleanly_and_its_attention_view_answers_clicks(
     assert after["pressed"] == [(str(last_layer), str(last_head))] and after["query_token"] == [0]
     assert after["readout"].startswith(f"layer {last_layer}, head {last_head}: query 0 ")
     assert after["labels"] == before["labels"] == data["examples"][0]["tokens"]
-    _weights_shown_match_the_data(view, after)
+    np.testing.assert_allclose(after["weights"], data["examples"][0]["pattern"][last_layer][last_head][0], atol=1e-4)
     assert sum(after["weights"]) == pytest.approx(1, abs=1e-3)  # a query's weights over the keys
     assert console_errors(driver) == []  # the clicks raised nothing either
 
