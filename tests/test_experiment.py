@@ -1,5 +1,6 @@
 """Honest workdirs (toymech.experiment) and the shared binary entry point (experiments/common.py):
-one-line errors for bad input, configs built from variants and overrides, data fingerprints."""
+one-line errors for bad input, configs built from variants and overrides, data fingerprints;
+and what toymech.studies.common gives every study (metrics rows, the attention view's data)."""
 
 import hashlib
 import json
@@ -8,10 +9,13 @@ import ml_collections
 import numpy as np
 import pytest
 
+import toymech as tm
 from toymech import experiment
+from toymech.report import Report
 from toymech.studies import common as study_common
 
 from conftest import run_binary, study_config
+from random_params import random_params
 
 
 def test_a_workdir_that_is_a_file_is_refused(tmp_path):
@@ -96,3 +100,28 @@ def test_a_missing_input_leaves_no_config_behind(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"config.data.train_tsv = '.*missing.tsv': no such file"):
         text_sum.train_and_evaluate(config, tmp_path / "run")
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_attention_section_shows_each_examples_real_tokens_with_its_own_patterns():
+    """Every head's pattern of the first ATTENTION_EXAMPLES rows, padding left out: each example
+    as shown equals the model run on that example alone (no padding)."""
+    cfg = tm.ModelConfig(n_layers=2, d_model=16, n_heads=3, d_head=4, d_mlp=None, d_vocab=5, n_ctx=6,
+                         attention_dir="bidirectional")  # study 1's kind of model: padding, no causal mask
+    params = random_params(cfg, seed=1)
+    lengths = np.array([6, 3, 5, 1, 4, 2])  # 6 rows: only the first ATTENTION_EXAMPLES are shown
+    tokens = np.random.default_rng(0).integers(0, 5, (6, 6))
+    mask = np.arange(6) < lengths[:, None]
+    rep = Report("r")
+    vocab = ["a", "b", "<c>", "d", "e"]
+    study_common.attention_section(rep, cfg, params, np.where(mask, tokens, 0), vocab, "rows", key_padding_mask=mask)
+    page = rep.render()
+    start = page.index('class="attention-data">') + len('class="attention-data">')
+    view = json.loads(page[start:page.index("</script>", start)])
+    assert len(view["examples"]) == study_common.ATTENTION_EXAMPLES == 4
+    assert (view["n_layers"], view["n_heads"]) == (2, 3)
+    for row, shown in enumerate(view["examples"]):
+        n = lengths[row]
+        assert shown["tokens"] == [vocab[t] for t in tokens[row, :n]] and shown["name"] == " ".join(shown["tokens"])
+        _, cache = tm.apply(cfg, params, tokens[row:row + 1, :n], capture=lambda name: name.endswith("hook_pattern"))
+        alone = np.stack([np.asarray(cache["pattern", layer])[0] for layer in range(2)])  # [layer, head, n, n]
+        np.testing.assert_allclose(shown["pattern"], alone, atol=6e-5)

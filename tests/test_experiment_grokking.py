@@ -19,24 +19,20 @@ from toymech.studies import grokking, grokking_addition, grokking_modular
 from toymech.analysis import fourier
 from toymech.tasks import grokking as gk
 
-from conftest import run_binary, study_config
+from conftest import study_config
 
 
 def get_config(arg):
     return study_config("grokking", arg)
 
 
-@pytest.fixture(scope="module")
-def quick_workdir(tmp_path_factory):
-    """The binary, run as a user would, on the quick variant."""
-    workdir = tmp_path_factory.mktemp("grokking") / "quick"
-    cache = workdir.parent / "compilation_cache"
-    proc = run_binary("grokking", workdir, "--config=configs/grokking.py:quick", f"--compilation_cache_dir={cache}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert any(not f.name.startswith(".") for f in cache.iterdir()), "the binary cached no compiled program"
-    assert "[train] epoch 300/300" in proc.stderr  # progress lines with losses, throughput and ETA
-    assert "ETA" in proc.stderr and "epochs/s" in proc.stderr
-    return workdir
+@pytest.fixture
+def quick_workdir(grokking_modular_quick):
+    """The binary's quick run (tests/conftest.py, shared with the browser test)."""
+    err = grokking_modular_quick.stderr
+    assert "[train] epoch 300/300" in err  # progress lines with losses, throughput and ETA
+    assert "ETA" in err and "epochs/s" in err
+    return grokking_modular_quick.workdir
 
 
 def test_quick_binary_writes_the_whole_workdir(quick_workdir):
@@ -92,11 +88,9 @@ def test_rerun_resumes_and_a_different_config_is_refused(quick_workdir, tmp_path
     assert (work / "metrics.jsonl").read_text().count("\n") == 30
 
 
-@pytest.mark.slow
-def test_addition_quick_end_to_end(tmp_path):
-    config = get_config("addition,quick")
-    grokking.train_and_evaluate(config, str(tmp_path))
-    results = json.loads((tmp_path / "results.json").read_text())
+def test_addition_quick_end_to_end(grokking_addition_quick):
+    config, workdir = grokking_addition_quick.config, grokking_addition_quick.workdir
+    results = json.loads((workdir / "results.json").read_text())
     a = results["analysis"]
     assert set(a) >= {"embedding_pca", "attention", "probe", "correlations", "neuron_fits", "pc2_ablation",
                       "skip_ablation", "simulated_logits", "logit_fourier", "W_L_pca", "logit_fits",
@@ -104,11 +98,11 @@ def test_addition_quick_end_to_end(tmp_path):
     ratio = a["embedding_pca"]["explained_variance_ratio"]
     assert abs(sum(ratio) - 1) < 1e-4 and ratio == sorted(ratio, reverse=True)
     assert len(a["logit_fits"]["poly2_r2_per_logit"]) == 20
-    check_report(tmp_path / "report.html")
+    check_report(workdir / "report.html")
     # Independent recomputation from the final checkpoint, with scikit-learn's PCA and plain forward passes.
     task = gk.AdditionTask(10, modular=False)
     cfg = gk.model_config(task, **config.model.to_dict())
-    params = checkpoint.load_pytree(checkpoint.latest_checkpoint(str(tmp_path / "checkpoints")))["params"]
+    params = checkpoint.load_pytree(checkpoint.latest_checkpoint(str(workdir / "checkpoints")))["params"]
     tokens, target = gk.all_inputs(task), gk.labels(task)
     logits, acts = tm.apply(cfg, params, tokens, capture=("blocks.0.mlp.hook_post",))
     before = float(np.mean(np.argmax(np.asarray(logits[:, -1]), -1) == target))

@@ -21,11 +21,10 @@ def get_config(arg):
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    """One quick run, and the trained model reloaded from its workdir: (config, path, results, run)."""
-    config = get_config("quick")
-    path = tmp_path_factory.mktemp("reverse")
-    results = study.train_and_evaluate(config, path)
+def quick(reverse_quick):
+    """The session's quick run (tests/conftest.py), and the trained model reloaded from its workdir:
+    (config, path, results, run)."""
+    config, path, results = reverse_quick.config, reverse_quick.workdir, reverse_quick.results
     run = study.train_model(config, experiment.open_workdir(path, config))  # resumes: nothing left to train
     return config, path, results, run
 

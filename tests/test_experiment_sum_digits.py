@@ -17,7 +17,7 @@ from toymech.studies import sum_digits as study
 from toymech.studies import sum_digits_analysis as an
 from toymech.tasks import sum_digits as sd
 
-from conftest import run_binary, study_config
+from conftest import study_config
 
 
 def get_config(arg):
@@ -33,17 +33,14 @@ def processed():
 
 
 @pytest.fixture(scope="module")
-def quick_workdir(tmp_path_factory):
-    """The binary, run as a user would, on the quick variant."""
-    workdir = tmp_path_factory.mktemp("sum_digits") / "quick"
-    proc = run_binary("sum_digits", workdir, "--config=configs/sum_digits.py:quick")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return workdir
+def quick_workdir(sum_digits_quick):
+    """The binary's quick run (tests/conftest.py, shared with the browser test)."""
+    return sum_digits_quick.workdir
 
 
 @pytest.fixture(scope="module")
-def quick(quick_workdir):
-    return json.loads((quick_workdir / "results.json").read_text())
+def quick(sum_digits_quick):
+    return sum_digits_quick.results
 
 
 def test_the_challenge_checkpoint_reproduces_the_challenge_numbers():

@@ -25,11 +25,9 @@ def get_config(arg):
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    """One quick run: (config, workdir path, returned results)."""
-    config = get_config("quick")
-    path = tmp_path_factory.mktemp("text_sum")
-    return config, path, study.train_and_evaluate(config, path)
+def quick(text_sum_quick):
+    """The session's quick run (tests/conftest.py): (config, workdir path, returned results)."""
+    return text_sum_quick.config, text_sum_quick.workdir, text_sum_quick.results
 
 
 def test_workdir_has_every_output(quick):

@@ -1,7 +1,9 @@
 """Tests for toymech.report (and the plots it embeds): a small report renders to a
-well-formed page whose every image exists; optionally Chromium renders it."""
+well-formed page whose every image exists, the attention view's data is inline and its labels
+stay text; optionally Chromium renders it (tests/test_report_browser.py drives it)."""
 
 import html.parser
+import json
 import shutil
 import subprocess
 
@@ -101,6 +103,83 @@ def test_figure_draws_into_the_reports_directory_and_links_it(tmp_path):
     with pytest.raises(ValueError, match="no directory"):
         Report("r").section("s").figure("curve", plot, "caption", [1.0], title="t")
     assert len(calls) == 1  # refused before drawing
+
+
+class _Scripts(html.parser.HTMLParser):
+    """The contents of every <script>, with its attributes."""
+
+    def __init__(self):
+        super().__init__()
+        self.scripts, self._open = [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "script":
+            self._open = (dict(attrs), [])
+
+    def handle_data(self, data):
+        if self._open is not None:
+            self._open[1].append(data)
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self.scripts.append((self._open[0], "".join(self._open[1])))
+            self._open = None
+
+
+HOSTILE = ["</script><img src=x onerror=alert(1)>", "<b>&amp;</b>", '"', "<!--"]
+
+
+def test_attention_view_is_inline_data_and_labels_stay_text(tmp_path):
+    patterns = np.random.default_rng(0).dirichlet(np.ones(4), size=(2, 1, 2, 4)).astype(np.float32)  # [2, 1, 2, 4, 4]
+    rep = Report("r")
+    rep.section("View").attention(patterns, [HOSTILE, ["x", "y", "z"]], "Caption <with> & markup")
+    path = rep.write(tmp_path / "report.html")
+    page = path.read_text()
+    parser = _Collect()
+    parser.feed(page)
+    assert {"img", "b"}.isdisjoint(parser.tags) and parser.tags.count("script") == 2  # the data and the code
+    assert "Caption <with> & markup" in "".join(parser.text)
+    scripts = _Scripts()
+    scripts.feed(page)
+    (data_attrs, data), (code_attrs, code) = scripts.scripts
+    assert data_attrs == {"type": "application/json", "class": "attention-data"} and code_attrs == {}
+    assert "<" not in data and "src" not in code_attrs
+    view = json.loads(data)
+    assert (view["n_layers"], view["n_heads"]) == (1, 2)
+    first, second = view["examples"]
+    assert first["tokens"] == HOSTILE and second["tokens"] == ["x", "y", "z"]
+    assert first["name"] == " ".join(HOSTILE) and second["name"] == "x y z"  # default names
+    np.testing.assert_allclose(first["pattern"], patterns[0], atol=5e-5)
+    np.testing.assert_allclose(second["pattern"], patterns[1][:, :, :3, :3], atol=5e-5)  # padding left out
+    assert "<script" not in _small_report(tmp_path).render()  # no view, no script
+
+
+def test_bad_attention_views_are_refused():
+    sec = Report("r").section("s")
+    ok = np.full((1, 1, 1, 2, 2), 0.5)
+    with pytest.raises(ValueError, match=r"\[example, layer, head, query, key\] .*, got shape \(1, 2, 2\)"):
+        sec.attention(ok[0, 0], [["a", "b"]], "c")
+    with pytest.raises(ValueError, match=r"as many queries as keys\), got shape \(1, 1, 1, 2, 3\)"):
+        sec.attention(np.full((1, 1, 1, 2, 3), 1 / 3), [["a", "b"]], "c")
+    with pytest.raises(ValueError, match="2 token lists for 1 examples"):
+        sec.attention(ok, [["a"], ["b"]], "c")
+    with pytest.raises(ValueError, match="example 0 has 3 token labels for 2 positions"):
+        sec.attention(ok, [["a", "b", "c"]], "c")
+    with pytest.raises(ValueError, match="NaN"):
+        sec.attention(np.full_like(ok, np.nan), [["a", "b"]], "c")
+    with pytest.raises(ValueError, match="caption"):
+        sec.attention(ok, [["a", "b"]], " ")
+    with pytest.raises(ValueError, match="2 example names for 1 examples"):
+        sec.attention(ok, [["a", "b"]], "c", examples=["one", "two"])
+    assert sec.blocks == []
+
+
+def test_an_external_script_is_reported(tmp_path):
+    page = tmp_path / "page.html"
+    page.write_text('<!DOCTYPE html><html><head><title>x</title><script src="https://cdn.example/x.js"></script>'
+                    "</head><body></body></html>")
+    with pytest.raises(ReportError, match="scripts must be inline"):
+        check_report(page)
 
 
 def test_format_value():

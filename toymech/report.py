@@ -2,9 +2,10 @@
 
 A `Report` is an ordered list of sections; each section holds paragraphs,
 figures (a PNG under the workdir, linked by a relative path, with a one-line
-caption saying what it shows) and tables. `Report.write(workdir)` renders it to
-`workdir/report.html`; the page has its CSS inline and no scripts, so the
-workdir folder alone (page + figures/) is the whole report.
+caption saying what it shows), tables and interactive attention views.
+`Report.write(workdir)` renders it to `workdir/report.html`; its CSS, its one
+script and the views' data are inline (nothing is fetched from a network), so
+the workdir folder alone (page + figures/) is the whole report.
 
     rep = Report("Grokking: modular addition", intro="...", directory=wd.path)
     sec = rep.section("Training")
@@ -16,16 +17,22 @@ workdir folder alone (page + figures/) is the whole report.
 `Section.figure(name, plot_fn, caption, *args, **kwargs)` calls
 `plot_fn(<directory>/figures/<name>.png, *args, **kwargs)` and links the file,
 so a study names each figure once; `Section.image(src, caption)` links a PNG
-that already exists.
+that already exists. `Section.attention(patterns, tokens, caption)` is the
+interactive view: attention patterns [example, layer, head, query, key] over
+each example's tokens; buttons pick the head, a click on a token (or a row)
+the query position. Its data is JSON in the page and the script builds the view
+with text nodes only, so a label is never markup.
 
-`check_report(path)` parses a written page and verifies it is well formed and
-that every image it references exists (used by each study's tests).
+`check_report(path)` parses a written page and verifies it is well formed, that
+every image it references exists and that every script is inline (used by each
+study's tests; tests/test_report_browser.py also opens the pages in Chromium).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import html
+import json
 import math
 import os
 import re
@@ -33,6 +40,8 @@ from collections.abc import Mapping, Sequence
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1100px;
@@ -49,6 +58,113 @@ th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: left; vertical
 th { background: #eee; }
 td.num { text-align: right; font-family: ui-monospace, Menlo, Consolas, monospace; }
 p.note { background: #fff8e1; border-left: 4px solid #f0b400; padding: .4em .8em; }
+figure.attention button { font: inherit; font-size: .9em; margin: 1px; padding: .1em .45em; cursor: pointer;
+                          border: 1px solid #999; border-radius: 3px; background: #fff; }
+figure.attention button[aria-pressed="true"] { background: #333; color: #fff; }
+.attention-controls { display: flex; flex-wrap: wrap; gap: .5em 1.5em; align-items: center; }
+.attention-heads th { background: none; border: none; font-weight: normal; padding-right: .4em; }
+.attention-heads td { border: none; padding: 0; }
+.attention-state { font-weight: bold; margin: .4em 0; }
+.attention-tokens { margin: .4em 0; }
+.attention-tokens button { font-family: ui-monospace, Menlo, Consolas, monospace; min-width: 1.6em; }
+.attention-tokens button.query { outline: 3px solid #d95f02; }
+table.attention-matrix { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: .8em; }
+table.attention-matrix td { width: 1.8em; height: 1.4em; padding: 0; border: 1px solid #eee; cursor: pointer; }
+table.attention-matrix tr.query th:first-child { outline: 3px solid #d95f02; }
+table.attention-matrix th { padding: 0 .3em; text-align: center; cursor: pointer; }
+"""
+
+# The attention views' script, once per page: it reads each view's JSON and builds the
+# buttons, the token strip and the matrix with textContent only (labels are data, never markup).
+_ATTENTION_JS = r"""
+(function () {
+  "use strict";
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+  function shade(node, w) {
+    node.style.backgroundColor = "rgba(31, 90, 170, " + w + ")";
+    node.style.color = w > 0.55 ? "#fff" : "#222";
+    node.dataset.w = w.toFixed(4);
+  }
+  function setup(fig) {
+    const data = JSON.parse(fig.querySelector("script.attention-data").textContent);
+    const last = (e) => data.examples[e].tokens.length - 1;
+    const state = {example: 0, layer: 0, head: 0, query: last(0)};
+    const controls = fig.querySelector(".attention-controls");
+    const readout = fig.querySelector(".attention-state");
+    const view = fig.querySelector(".attention-view");
+    const choose = (change) => { Object.assign(state, change); render(); };
+    if (data.examples.length > 1) {
+      const select = el("select");
+      select.setAttribute("aria-label", "example");
+      data.examples.forEach((ex, i) => { const o = el("option", null, ex.name); o.value = i; select.appendChild(o); });
+      select.addEventListener("change", () => choose({example: +select.value, query: last(+select.value)}));
+      controls.appendChild(select);
+    }
+    const heads = el("table", "attention-heads");
+    const buttons = [];
+    for (let l = 0; l < data.n_layers; l++) {
+      const row = heads.insertRow();
+      row.appendChild(el("th", null, "layer " + l));
+      const cell = row.insertCell();
+      for (let h = 0; h < data.n_heads; h++) {
+        const b = el("button", "head", "head " + h);
+        b.type = "button";
+        b.dataset.layer = l;
+        b.dataset.head = h;
+        b.addEventListener("click", () => choose({layer: l, head: h}));
+        cell.appendChild(b);
+        buttons.push(b);
+      }
+    }
+    controls.appendChild(heads);
+    function render() {
+      const ex = data.examples[state.example], w = ex.pattern[state.layer][state.head], q = state.query;
+      Object.assign(fig.dataset, {example: state.example, layer: state.layer, head: state.head, query: q});
+      buttons.forEach((b) => b.setAttribute("aria-pressed",
+        String(+b.dataset.layer === state.layer && +b.dataset.head === state.head)));
+      const strongest = w[q].indexOf(Math.max(...w[q]));
+      readout.textContent = "layer " + state.layer + ", head " + state.head + ": query " + q + " \u201c" +
+        ex.tokens[q] + "\u201d attends most to key " + strongest + " \u201c" + ex.tokens[strongest] +
+        "\u201d (" + w[q][strongest].toFixed(3) + ")";
+      const strip = el("div", "attention-tokens");
+      ex.tokens.forEach((t, k) => {
+        const b = el("button", k === q ? "query" : "", t);
+        b.type = "button";
+        b.dataset.pos = k;
+        b.title = "position " + k + ": weight " + w[q][k].toFixed(3) + " from query " + q +
+          "; click to make it the query";
+        shade(b, w[q][k]);
+        b.addEventListener("click", () => choose({query: k}));
+        strip.appendChild(b);
+      });
+      const table = el("table", "attention-matrix");
+      const head = table.createTHead().insertRow();
+      head.appendChild(el("th", null, "query \\ key"));
+      ex.tokens.forEach((t) => head.appendChild(el("th", null, t)));
+      const body = table.createTBody();
+      ex.tokens.forEach((t, r) => {
+        const row = body.insertRow();
+        row.className = r === q ? "query" : "";
+        row.dataset.pos = r;
+        row.appendChild(el("th", null, t));
+        w[r].forEach((v, k) => {
+          const c = row.insertCell();
+          c.title = "query " + r + " \u2192 key " + k + ": " + v.toFixed(3);
+          shade(c, v);
+        });
+        row.addEventListener("click", () => choose({query: r}));
+      });
+      view.replaceChildren(strip, table);
+    }
+    render();
+  }
+  document.querySelectorAll("figure.attention").forEach(setup);
+})();
 """
 
 
@@ -118,6 +234,31 @@ class _Table:
         return "".join(out)
 
 
+def _script_json(value) -> str:
+    """JSON safe inside a <script> element: '<', '>' and '&' (only ever inside strings) escaped."""
+    return json.dumps(value, ensure_ascii=False).replace("<", "\\u003c").replace(">", "\\u003e").replace(
+        "&", "\\u0026")
+
+
+@dataclasses.dataclass
+class _Attention:
+    patterns: np.ndarray  # [example, layer, head, query, key]
+    tokens: list[list[str]]
+    names: list[str]
+    caption: str
+
+    def render(self) -> str:
+        examples = [{"name": name, "tokens": toks,
+                     "pattern": np.round(p[:, :, :len(toks), :len(toks)], 4).tolist()}
+                    for p, toks, name in zip(self.patterns, self.tokens, self.names)]
+        data = {"n_layers": self.patterns.shape[1], "n_heads": self.patterns.shape[2], "examples": examples}
+        return ('<figure class="attention">'
+                f'<script type="application/json" class="attention-data">{_script_json(data)}</script>'
+                '<div class="attention-controls"></div><p class="attention-state"></p>'
+                '<div class="attention-view"></div><noscript><p class="note">This view needs JavaScript.</p>'
+                f"</noscript><figcaption>{html.escape(self.caption)}</figcaption></figure>")
+
+
 FIGURES = "figures"  # the figures' folder, relative to the report's directory
 
 
@@ -166,6 +307,39 @@ class Section:
         self.blocks.append(_Table(list(headers), [list(r) for r in rows], caption))
         return self
 
+    def attention(self, patterns, tokens: Sequence[Sequence[str]], caption: str, *,
+                  examples: Sequence[str] | None = None) -> Section:
+        """An interactive view of attention patterns per head over each example's tokens.
+
+        patterns: weights [example, layer, head, query, key] (e.g. every layer's
+          `hook_pattern` stacked on axis 1). tokens: for each example, the labels of its
+          positions; an example with fewer labels than positions shows only those
+          (the rest is padding). examples: a name per example (default: its labels
+          joined by spaces), for the example menu. The reader picks a layer and head
+          with buttons and a query position by clicking its token or matrix row; the
+          tokens are shaded by that query's weights and the matrix shows the whole head.
+        """
+        patterns = np.asarray(patterns, np.float32)
+        if patterns.ndim != 5 or patterns.shape[3] != patterns.shape[4]:
+            raise ValueError("attention patterns must be [example, layer, head, query, key] (self-attention over "
+                             f"one token sequence: as many queries as keys), got shape {patterns.shape}")
+        n, n_pos = patterns.shape[0], patterns.shape[3]
+        if not caption.strip():
+            raise ValueError("an attention view needs a caption saying what it shows")
+        if len(tokens) != n:
+            raise ValueError(f"attention view: {len(tokens)} token lists for {n} examples")
+        tokens = [[str(t) for t in toks] for toks in tokens]
+        for i, toks in enumerate(tokens):
+            if not 1 <= len(toks) <= n_pos:
+                raise ValueError(f"attention view: example {i} has {len(toks)} token labels for {n_pos} positions")
+        if not np.all(np.isfinite(patterns)):
+            raise ValueError("attention view: the patterns hold NaN or infinite weights")
+        names = [" ".join(toks) for toks in tokens] if examples is None else [str(e) for e in examples]
+        if len(names) != n:
+            raise ValueError(f"attention view: {len(names)} example names for {n} examples")
+        self.blocks.append(_Attention(patterns, tokens, names, caption))
+        return self
+
     def key_values(self, items: Mapping[str, Any], caption: str | None = None,
                    headers: Sequence[str] = ("quantity", "value")) -> Section:
         """A two-column table from a mapping."""
@@ -202,11 +376,13 @@ class Report:
         toc = "".join(f'<li><a href="#{s.anchor}">{html.escape(s.title)}</a></li>' for s in self.sections)
         intro = f"<p>{html.escape(self.intro)}</p>" if self.intro else ""
         body = "\n".join(s.render() for s in self.sections)
+        views = any(isinstance(b, _Attention) for s in self.sections for b in s.blocks)
+        script = f"<script>{_ATTENTION_JS}</script>" if views else ""
         return ("<!DOCTYPE html>\n"
                 f'<html lang="en"><head><meta charset="utf-8"><title>{html.escape(self.title)}</title>'
                 f'<meta name="viewport" content="width=device-width, initial-scale=1">'
                 f"<style>{_CSS}</style></head>\n<body><h1>{html.escape(self.title)}</h1>{intro}"
-                f"<nav><ol>{toc}</ol></nav>\n{body}\n</body></html>\n")
+                f"<nav><ol>{toc}</ol></nav>\n{body}\n{script}</body></html>\n")
 
     def write(self, path: str | os.PathLike) -> Path:
         """Render to `path` (its figures must already exist; checked) and return the path."""
@@ -240,6 +416,8 @@ class _Checker(HTMLParser):
                 self.images.append(a["src"])
             if not a.get("alt"):
                 self.errors.append(f"line {self.getpos()[0]}: <img src={a.get('src')!r}> without alt text")
+        if tag == "script" and a.get("src"):
+            self.errors.append(f"line {self.getpos()[0]}: <script src={a['src']!r}>: scripts must be inline")
         if tag == "a" and a.get("href"):
             self.links.append(a["href"])
         if "id" in a:
@@ -276,8 +454,8 @@ class ReportError(ValueError):
 
 def check_report(path: str | os.PathLike) -> ReportCheck:
     """Parse a report page; raise `ReportError` unless it is well formed (every
-    non-void tag closed in order, a <title>, alt text on images) and every
-    relative image or link target exists next to it."""
+    non-void tag closed in order, a <title>, alt text on images, scripts inline)
+    and every relative image or link target exists next to it."""
     path = Path(path)
     parser = _Checker()
     parser.feed(path.read_text(encoding="utf-8"))

@@ -11,8 +11,9 @@ A study module (`toymech/studies/<name>.py`) has `train_and_evaluate(config, wor
 
 Here: `open_workdir` (with a 'resumed from epoch N' line), `metrics_rows` (training
 history -> metrics.jsonl rows) and `write_metrics` (which also flags non-finite metrics),
-`first_epoch_at_least`, `config_section` and `finish` (config section, timing,
-results.json, report.html, one line on stderr). Studies import this module and never one another
+`first_epoch_at_least`, `attention_patterns` and `attention_section` (the interactive view of
+every head on a few examples, in every study's report), `config_section` and `finish` (config
+section, timing, results.json, report.html, one line on stderr). Studies import this module and never one another
 (tests/test_layers.py checks it).
 """
 
@@ -21,11 +22,12 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+import toymech as tm
 from toymech import checkpoint, experiment
 from toymech.report import Report
 
@@ -80,6 +82,36 @@ def first_epoch_at_least(epochs: np.ndarray, values: np.ndarray, level: float) -
     """The first epoch whose value is >= level, or None."""
     hit = np.flatnonzero(np.asarray(values) >= level)
     return int(epochs[hit[0]]) if hit.size else None
+
+
+ATTENTION_EXAMPLES = 4  # examples in each report's interactive attention view
+
+
+def attention_patterns(cfg, params, tokens, key_padding_mask=None) -> np.ndarray:
+    """Every layer's attention pattern (the captured `hook_pattern`s) on tokens [n, pos]:
+    [n, layer, head, query, key]."""
+    sites = tuple(tm.get_act_name("pattern", layer) for layer in range(cfg.n_layers))
+    _, cache = tm.apply(cfg, params, tokens, capture=sites, key_padding_mask=key_padding_mask)
+    return np.stack([np.asarray(cache[s]) for s in sites], axis=1)
+
+
+def attention_section(rep: Report, cfg, params, tokens, vocab: Sequence[str], what: str, *,
+                      key_padding_mask=None, names: Sequence[str] | None = None) -> None:
+    """A section with the interactive attention view (`Section.attention`) of every head on
+    the first `ATTENTION_EXAMPLES` rows of tokens [n, pos] (`what` they are, for the caption),
+    each token shown as `vocab[token]`; padded positions (`key_padding_mask` False) are left
+    out. `names`: one per row (default: the labels joined by spaces)."""
+    tokens = np.asarray(tokens)[:ATTENTION_EXAMPLES]
+    mask = None if key_padding_mask is None else np.asarray(key_padding_mask)[:ATTENTION_EXAMPLES]
+    lengths = [tokens.shape[1]] * len(tokens) if mask is None else mask.sum(1)
+    labels = [[vocab[t] for t in row[:n]] for row, n in zip(tokens, lengths)]
+    rep.section("Attention patterns, interactive").attention(
+        attention_patterns(cfg, params, tokens, mask), labels,
+        f"Attention of every head on {len(tokens)} {what}. Pick the layer and head with the buttons and the "
+        "query position by clicking its token or matrix row: the tokens are shaded by the selected query's "
+        "attention weights (which sum to 1 over the keys), and the matrix shows the whole head (rows: queries, "
+        "columns: keys; hover a cell for its weight).",
+        examples=None if names is None else list(names)[:ATTENTION_EXAMPLES])
 
 
 def config_section(config, rep: Report) -> None:

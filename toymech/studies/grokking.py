@@ -234,6 +234,8 @@ def _run(config, wd: experiment.Workdir, t0: float) -> dict:
     else:
         training_section(run, summary, rep)
         results["analysis"] = grokking_addition.analyze(run, rep)
+    common.attention_section(rep, run.cfg, run.params, run.data.tokens[run.data.test],
+                             [str(t) for t in range(run.task.p)] + ["="], "test examples (a, b, '=')")
     results["headline"] = headline(run, summary, results["analysis"])
     summary_section(results["headline"], rep)
     return common.finish("grokking", config, wd, rep, results, t0, nonfinite)

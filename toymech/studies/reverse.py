@@ -429,6 +429,7 @@ def analyze(run: TrainedRun, rep: Report) -> dict:
     attention_section(out["attention"], acts, _n_show(run), rep)
     out["mlp0"] = mlp0_numbers(run, acts)
     mlp0_section(out["mlp0"], rep)
+    common.attention_section(rep, run.cfg, run.params, run.holdout[:, :-1], TOKENS + ("BOS",), "holdout sequences")
     return out
 
 

@@ -298,4 +298,5 @@ def train_and_evaluate(config, workdir) -> dict:
         results["training"] = training_summary(run)
         training_section(run, results["training"], rep)
     results["analysis"] = analysis.analyze(pcfg, pparams, tokens, config.analysis, rep)
+    common.attention_section(rep, pcfg, pparams, tokens, sd.VOCAB, "evaluation sequences", names=sd.to_text(tokens))
     return common.finish("sum_digits", config, wd, rep, results, t0, nonfinite)

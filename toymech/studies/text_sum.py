@@ -473,6 +473,10 @@ def intervention_section(inter: dict, labels: Sequence[str], k: int, rep: Report
               rows, caption=f"Model MSE in sum units² (no edit: {inter['baseline_mse']:.4g}; random: mean of {k})")
 
 
+# Each token id as the attention view shows it (a space as '␣'; padding is never shown).
+TOKEN_LABELS = tuple(ts.ID_TO_CHAR.get(i, "PAD").replace(" ", "␣") for i in range(ts.D_VOCAB))
+
+
 def analyze(run: TrainedRun, hidden: np.ndarray, rep: Report) -> dict:
     """Probes and both causal tests on the validation problems, from their residual stream
     `hidden` [depth, n, pos, d_model] (see `hidden_states`): each analysis's numbers, then its section."""
@@ -485,6 +489,8 @@ def analyze(run: TrainedRun, hidden: np.ndarray, rep: Report) -> dict:
     readout_section(out["readout_causal_test"], k, rep)
     out["intervention_causal_test"] = intervention_numbers(run, hidden, out["probes"]["direction"], random_dirs)
     intervention_section(out["intervention_causal_test"], labels, k, rep)
+    common.attention_section(rep, run.cfg, run.params, run.val.tokens, TOKEN_LABELS, "validation problems",
+                             key_padding_mask=run.val.mask, names=[ts.decode(row) for row in run.val.tokens])
     return out
 
 
