@@ -4,13 +4,13 @@
   at each layer: the accumulated residual stream (`attribution.accumulated_resid`:
   each layer's input, optionally each resid_mid, and the final residual) through
   the final LayerNorm and the unembedding, per layer and position. The final
-  LayerNorm is applied as TransformerLens does: by default centred and divided
-  by the scale the final LayerNorm used in this forward pass (`apply_ln_to_stack`;
-  linear, so the lens of a sum of components is the sum of their lenses), or,
-  with `recompute_ln=True`, each entry normalised with its own statistics (as
-  TransformerLens's `apply_ln_to_stack(..., recompute_ln=True)`, the usual logit
-  lens). ln_final's weight and bias are applied too (TransformerLens folds them
-  into W_U and b_U first), so the last entry is the model's logits.
+  LayerNorm is applied as TransformerLens's `accumulated_resid(apply_ln=True)`
+  does (3.x): to each entry with its own statistics, weight and bias included.
+  With `recompute_ln=False`, each entry is instead centred and divided by the
+  scale the final LayerNorm used in this forward pass (TransformerLens's
+  `apply_ln_to_stack` default; linear, so the lens of a sum of components is
+  the sum of their lenses), then ln_final's weight and bias are applied.
+  Either way the last entry is the model's logits.
 * `next_token_loss`, `forward`: the cross-entropy of predicting token p + 1 from
   the logits at p, per token or averaged, as TransformerLens's
   `model(tokens, return_type="loss", loss_per_token=...)`.
@@ -46,7 +46,7 @@ def lens_sites(cfg: ModelConfig, incl_mid: bool = False) -> tuple[str, ...]:
 
 
 def logit_lens(cfg: ModelConfig, params: dict, acts, *, incl_mid: bool = False,
-               recompute_ln: bool = False) -> tuple[jax.Array, tuple[str, ...]]:
+               recompute_ln: bool = True) -> tuple[jax.Array, tuple[str, ...]]:
     """Logits read from the residual stream before each layer and after the last.
 
     acts: a forward pass's activations holding `lens_sites(cfg, incl_mid)`.
