@@ -27,7 +27,7 @@ Q/K/V maps are applied to the rows of W_E and W_pos before the token gather
 (`_EmbeddingInput`), which is exact and much cheaper than projecting every
 token of a large batch.
 
-Decoding with a KV cache (`toymech.generate`). `Transformer` also takes a
+Decoding with a KV cache (`toymech.generation`). `Transformer` also takes a
 `KVCache`: the keys and values of earlier positions, per layer, in buffers of
 the whole sequence's length. The tokens of the call are then a chunk starting
 at `kv.start`; each attention writes its new keys and values into the buffers

@@ -147,7 +147,7 @@ def _checked(cfg, params, prompt_tokens, max_new_tokens, key, temperature, top_k
     if (not batched and isinstance(intervention, iv.Intervention) and intervention.n_stacked is not None
             and not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(intervention))):
         raise ValueError(f"this intervention is a stack of {intervention.n_stacked} runs: generate with all of "
-                         "them with toymech.generate.generate_batched, or one with intervention=stacked[i]")
+                         "them with toymech.generation.generate_batched, or one with intervention=stacked[i]")
     prompt = check_inputs(cfg, prompt_tokens, None, None, check_values=True)  # shape, dtype, values
     shape = np.shape(prompt)
     if shape[1] == 0:
