@@ -324,8 +324,9 @@ class Transformer(nn.Module):
         c = self.cfg  # tokens int [b, p]
         tokens = sites("hook_tokens", tokens)  # capture only (check_inputs refuses edits)
         W_E = Embed(c, name="embed")()  # [v, d]
-        W_pos = jax.lax.dynamic_slice_in_dim(PosEmbed(c, name="pos_embed")(), 0 if kv is None else kv.start,
-                                             tokens.shape[1])  # [p, d]
+        W_pos = PosEmbed(c, name="pos_embed")()  # [n_ctx, d]
+        n_pos = tokens.shape[1]
+        W_pos = W_pos[:n_pos] if kv is None else jax.lax.dynamic_slice_in_dim(W_pos, kv.start, n_pos)  # [p, d]
         embed = sites("hook_embed", W_E[tokens])  # [b, p, d]
         pos_embed = sites("hook_pos_embed", jnp.broadcast_to(W_pos, embed.shape))  # [b, p, d]
         resid = embed + pos_embed
