@@ -206,6 +206,7 @@ def test_compiles_once_per_shape():
     (dict(max_new_tokens=7), r"prompt of 4 tokens \+ max_new_tokens=7 = 11 positions exceeds the model's n_ctx=10"),
     (dict(max_new_tokens=-1), "max_new_tokens must be a non-negative int, got -1"),
     (dict(max_new_tokens=2.0), "max_new_tokens must be a non-negative int"),
+    (dict(max_new_tokens=True), "max_new_tokens must be a non-negative int, got True"),
     (dict(temperature=-0.1, key=jax.random.key(0)), "temperature must be a finite number >= 0"),
     (dict(temperature=float("nan"), key=jax.random.key(0)), "temperature must be a finite number"),
     (dict(temperature=1.0), r"sampling \(temperature=1.0\) needs a key"),
@@ -253,3 +254,8 @@ def test_bad_prompts_models_and_interventions():
         generate(CFG, params, _prompt(CFG), 2, intervention=stacked)
     with pytest.raises(ValueError, match="needs a stacked intervention"):
         generate_batched(CFG, params, _prompt(CFG), 2, None)
+    with pytest.raises(ValueError, match="build it with interventions.stack"):
+        generate_batched(CFG, params, _prompt(CFG), 2, iv.zero("blocks.0.attn.hook_z", head=1))
+    with pytest.raises(ValueError, match="tokens must be integers"):
+        generate(CFG, params, _prompt(CFG).astype(np.float32), 2)
+    np.testing.assert_array_equal(generate(CFG, params, [[1, 2]], 2), generate(CFG, params, np.array([[1, 2]]), 2))
