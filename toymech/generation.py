@@ -25,8 +25,8 @@ Choosing the next token from the logits at the last position:
 
 Interventions during generation. The intervention is written for the output
 sequence [batch, prompt_len + max_new_tokens]: position indices and masks
-refer to its positions (`pos=-1` is the last generated token, `pos=prompt_len`
-the first one), and patch/add values of per-position shape have its length.
+refer to its positions (`pos=prompt_len` is the first generated token, `pos=-1`
+the last, whose logits are never read, so an edit there alone changes nothing), and patch/add values of per-position shape have its length.
 Each chunk the model runs (the prompt, then one token per step) gets the
 edits of its own positions, so the edited model's generation is what the
 loop without a cache gives with the same intervention on the full-length
@@ -52,11 +52,12 @@ from toymech.sites import AXES, site_layout
 
 
 class _ChunkSites(_Sites):
-    """Applies an intervention written for the whole output sequence (n_total
-    positions) to a chunk of it at positions start..: each edited activation is
-    placed at its positions in a zero array of the full length, edited there and
-    cut back out, so masks, negative indices and per-position values mean what
-    they mean on the whole sequence."""
+    """The model's per-call `_Sites` for one chunk of a generation: applies an
+    intervention written for the whole output sequence (n_total positions) to
+    the chunk at positions start..: each edited activation is placed at its
+    positions in a zero array of the full length, edited there and cut back out,
+    so masks, negative indices and per-position values mean what they mean on
+    the whole sequence. Nothing is captured."""
 
     def __init__(self, intervention, start, n_total: int):
         super().__init__(intervention, ())
