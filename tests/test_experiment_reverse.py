@@ -116,3 +116,27 @@ def test_config_variants():
     assert quick.optimizer.total == quick.num_epochs
     with pytest.raises(ValueError, match="unknown reverse variant"):
         get_config("nope")
+
+
+def test_autoregressive_accuracy_matches_a_loop_without_cache(quick):
+    _, path, results, run = quick
+    ar = results["analysis"]["autoregressive"]
+    holdout = run.holdout
+    seq = holdout[:, :9]  # [BOS, x0..x7]; rerun the model on the growing sequence, greedy
+    for _ in range(8):
+        logits, _ = tm.apply(run.cfg, run.params, seq)
+        seq = np.concatenate([seq, np.asarray(logits)[:, -1].argmax(-1)[:, None]], axis=1)
+    right = seq[:, 9:] == holdout[:, 9:]
+    assert ar["autoregressive_exact_match"] == pytest.approx(right.all(-1).mean(), abs=1e-12)
+    assert ar["autoregressive_token_accuracy"] == pytest.approx(right.mean(), abs=1e-12)
+    np.testing.assert_allclose(ar["autoregressive_by_position"], right.mean(0), atol=1e-12)
+    logits, _ = tm.apply(run.cfg, run.params, holdout[:, :-1])
+    forced = np.asarray(logits)[:, 8:].argmax(-1) == holdout[:, 9:]
+    assert ar["teacher_forced_token_accuracy"] == pytest.approx(forced.mean(), abs=1e-12)
+    assert ar["teacher_forced_token_accuracy"] == pytest.approx(results["training"]["final_holdout_accuracy"], abs=1e-6)
+    # All 8 right when fed the truth <=> all 8 right when fed its own outputs.
+    assert ar["teacher_forced_exact_match"] == pytest.approx(forced.all(-1).mean(), abs=1e-12)
+    assert ar["autoregressive_exact_match"] == ar["teacher_forced_exact_match"]
+    assert "Generating the outputs" in (path / "report.html").read_text()
+    assert json.loads((path / "results.json").read_text())["analysis"]["autoregressive"][
+        "autoregressive_exact_match"] == ar["autoregressive_exact_match"]

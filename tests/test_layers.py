@@ -15,7 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAYERS = [
     ["toymech.config", "toymech.params", "toymech.projections", "toymech.compilation_cache"],
     ["toymech.sites"],
-    ["toymech.model", "toymech.interventions", "toymech.cache"],
+    ["toymech.model", "toymech.interventions", "toymech.cache", "toymech.generation"],
     ["toymech.weights", "toymech.interop", "toymech.checkpoint", "toymech.train",
      "toymech.experiment", "toymech.report", "toymech.plots"],
     ["toymech.analysis"],
@@ -24,7 +24,9 @@ LAYERS = [
     ["experiments"],
 ]
 ROOT_PACKAGE_RANK = 4.5  # toymech/__init__.py: imports up to the analysis layer
-FORBIDDEN = {("toymech.interventions", "toymech.model")}  # same layer, but only model -> interventions
+# Same layer, one way only: model -> interventions, generation -> model.
+FORBIDDEN = {("toymech.interventions", "toymech.model"), ("toymech.model", "toymech.generation"),
+             ("toymech.interventions", "toymech.generation")}
 # The one allowed upward edge: ActivationCache (built by the model) offers TransformerLens's
 # cache methods as thin calls into analysis.attribution, imported inside those methods only.
 CALL_TIME_UP = {("toymech.cache", "toymech.analysis.attribution")}

@@ -16,12 +16,15 @@ The core:
   get_act_name, site_names      TransformerLens activation-site names
   flatten_params, unflatten_params   nested params <-> 'blocks.0.attn.W_Q' names
   output_positions_for, position_restricted_sites   computing logits only where they are read
+  generate, generate_batched   autoregressive sampling with a KV cache (greedy / temperature /
+                   top-k), with an intervention or a stack of them (toymech.generation)
 Modules:
   interventions  zero / mean / patch / project out / add / scale, as data (vmappable)
   weights        TransformerLens weight processing (fold LN, centre, fold biases), zero_weights
   interop        TransformerLens checkpoints in and out (no torch needed to read)
   train          optax training in lax.scan, checkpoints, many seeds at once
-  analysis       probes, fits, Fourier, attribution, circuits, sweeps, progress measures
+  analysis       probes, fits, Fourier, attribution, circuits, sweeps, progress measures,
+                 the logit lens and next-token losses (analysis.lens)
   tasks, studies the four studies' tasks and their train-and-analyse pipelines
 The Flax module itself is `toymech.model.Transformer`.
 """
@@ -32,6 +35,7 @@ from toymech.sites import get_act_name, site_names
 from toymech.params import flatten_params, unflatten_params
 from toymech.model import (Transformer, apply, apply_batched, apply_unchecked, init_params, output_positions_for,
                            position_restricted_sites)
+from toymech.generation import generate, generate_batched
 from toymech import interventions, weights, interop, train, compilation_cache
 from toymech import analysis
 
@@ -42,6 +46,8 @@ __all__ = [
     "apply",
     "apply_batched",
     "apply_unchecked",
+    "generate",
+    "generate_batched",
     "get_act_name",
     "output_positions_for",
     "position_restricted_sites",

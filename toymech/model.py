@@ -27,6 +27,13 @@ Q/K/V maps are applied to the rows of W_E and W_pos before the token gather
 (`_EmbeddingInput`), which is exact and much cheaper than projecting every
 token of a large batch.
 
+Decoding with a KV cache (`toymech.generation`). `Transformer` also takes a
+`KVCache`: the keys and values of earlier positions, per layer, in buffers of
+the whole sequence's length. The tokens of the call are then a chunk starting
+at `kv.start`; each attention writes its new keys and values into the buffers
+there and attends over all of them (causality masks the slots not yet
+written), and the positional embedding is read from `kv.start` on.
+
 Einsum letters: b batch, p position (q query, k key position), d d_model,
 h head, e d_head, m d_mlp, v vocabulary.
 """
@@ -134,6 +141,26 @@ class _EmbeddingInput:
         return table[_at_positions(self.tokens, positions)] + jnp.einsum("...d,hde->...he", pos, W) + b
 
 
+class KVCache:
+    """Keys and values of earlier positions, for running a chunk of a sequence.
+
+    buffers: {attention prefix ('blocks.0.attn', ...): (k, v)}, each
+    [b, n_total, h, e]; start: the position of the chunk's first token (an int
+    or a traced int scalar). Each attention call writes its chunk's keys and
+    values at start.. and reads the whole buffers; `updated` collects the
+    buffers after the call (the next chunk's `buffers`).
+    """
+
+    def __init__(self, buffers: dict, start):
+        self.buffers, self.start, self.updated = buffers, start, {}
+
+    def extend(self, prefix: str, k, v):  # k, v [b, n, h, e] -> [b, n_total, h, e]
+        k, v = (jax.lax.dynamic_update_slice_in_dim(old, new.astype(old.dtype), self.start, axis=1)
+                for old, new in zip(self.buffers[prefix], (k, v)))
+        self.updated[prefix] = (k, v)
+        return k, v
+
+
 def _weight(module: nn.Module, name: str, shape) -> jax.Array:
     init = nn.initializers.normal(stddev=module.cfg.init_range)
     return module.param(name, init, shape, jnp.dtype(module.cfg.dtype))
@@ -166,14 +193,16 @@ class Attention(nn.Module):
     """Multi-head attention with causal and/or key-padding masking.
 
     Queries (and everything after them) are computed at `positions` only (None:
-    all); keys and values at every position.
+    all); keys and values at every position. With `kv` (a `KVCache`), the input
+    is a chunk starting at kv.start and the keys and values of the earlier
+    positions come from the cache.
     """
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, inp, sites: _Sites, prefix: str, key_mask, positions=None):
-        # inp: _DenseInput | _EmbeddingInput over [b, p]; key_mask [b, p] | None
+    def __call__(self, inp, sites: _Sites, prefix: str, key_mask, positions=None, kv: KVCache | None = None):
+        # inp: _DenseInput | _EmbeddingInput over [b, p]; key_mask [b, p] | None (with kv: [b, n_total] | None)
         c = self.cfg
         qkv_shape, bias_shape = (c.n_heads, c.d_model, c.d_head), (c.n_heads, c.d_head)
         W_Q, W_K, W_V = (_weight(self, n, qkv_shape) for n in ("W_Q", "W_K", "W_V"))
@@ -184,11 +213,15 @@ class Attention(nn.Module):
         q = sites(f"{prefix}.hook_q", inp.project(W_Q, b_Q, positions))  # [b, q, h, e]
         k = sites(f"{prefix}.hook_k", inp.project(W_K, b_K))  # [b, k, h, e]
         v = sites(f"{prefix}.hook_v", inp.project(W_V, b_V))
+        query_index = _query_index(positions, k.shape[1])  # [1 | b, q]
+        if kv is not None:  # the chunk's queries sit at kv.start..; keys and values over the whole buffer
+            query_index = query_index + kv.start
+            k, v = kv.extend(prefix, k, v)  # [b, n_total, h, e]
         scores = _attention_scores(q, k) / np.sqrt(c.d_head).astype(q.dtype)  # [b, h, q, k]
         n_pos = k.shape[1]
         allowed = jnp.ones((1, 1, 1, n_pos), bool)  # [b, h, q, k]
         if c.attention_dir == "causal":
-            allowed = allowed & (jnp.arange(n_pos) <= _query_index(positions, n_pos)[..., None])[:, None]
+            allowed = allowed & (jnp.arange(n_pos) <= query_index[..., None])[:, None]
         if key_mask is not None:
             allowed = allowed & key_mask[:, None, None, :]
         scores = sites(f"{prefix}.hook_attn_scores", jnp.where(allowed, scores, -jnp.inf))
@@ -229,13 +262,13 @@ class Block(nn.Module):
     layer: int
 
     @nn.compact
-    def __call__(self, resid, sites: _Sites, key_mask, positions=None, attn_input=None):  # resid [b, p, d]
+    def __call__(self, resid, sites: _Sites, key_mask, positions=None, attn_input=None, kv=None):  # resid [b, p, d]
         c, b = self.cfg, f"blocks.{self.layer}"
         norm = (lambda name: LayerNorm(c, name=name)) if c.normalization_type else None
         resid = sites(f"{b}.hook_resid_pre", resid)
         if attn_input is None:
             attn_input = _DenseInput(norm("ln1")(resid, sites, f"{b}.ln1") if norm else resid)
-        attn = Attention(c, name="attn")(attn_input, sites, f"{b}.attn", key_mask, positions)
+        attn = Attention(c, name="attn")(attn_input, sites, f"{b}.attn", key_mask, positions, kv)
         attn_out = sites(f"{b}.hook_attn_out", attn)  # [b, q, d]
         resid = _at_positions(resid, positions)
         if c.attn_only:
@@ -279,16 +312,21 @@ class Unembed(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Token + learned positional embedding, blocks, final norm, unembedding."""
+    """Token + learned positional embedding, blocks, final norm, unembedding.
+
+    With `kv` (a `KVCache`), `tokens` are a chunk at positions kv.start.. of a
+    longer sequence (see the module docstring)."""
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens, sites: _Sites, key_mask=None, positions=None):  # tokens int [b, p]
-        c = self.cfg
+    def __call__(self, tokens, sites: _Sites, key_mask=None, positions=None, kv: KVCache | None = None):
+        c = self.cfg  # tokens int [b, p]
         tokens = sites("hook_tokens", tokens)  # capture only (check_inputs refuses edits)
         W_E = Embed(c, name="embed")()  # [v, d]
-        W_pos = PosEmbed(c, name="pos_embed")()[: tokens.shape[1]]  # [p, d]
+        W_pos = PosEmbed(c, name="pos_embed")()  # [n_ctx, d]
+        n_pos = tokens.shape[1]
+        W_pos = W_pos[:n_pos] if kv is None else jax.lax.dynamic_slice_in_dim(W_pos, kv.start, n_pos)  # [p, d]
         embed = sites("hook_embed", W_E[tokens])  # [b, p, d]
         pos_embed = sites("hook_pos_embed", jnp.broadcast_to(W_pos, embed.shape))  # [b, p, d]
         resid = embed + pos_embed
@@ -296,7 +334,7 @@ class Transformer(nn.Module):
         for layer in range(c.n_layers):
             last = layer == c.n_layers - 1
             resid = Block(c, layer, name=f"blocks_{layer}")(
-                resid, sites, key_mask, positions if last else None, first if layer == 0 else None)
+                resid, sites, key_mask, positions if last else None, first if layer == 0 else None, kv)
         if c.normalization_type:
             resid = LayerNorm(c, name="ln_final")(resid, sites, "ln_final")
         return Unembed(c, name="unembed")(sites("unembed.hook_in", resid))  # [b, q, v]

@@ -15,7 +15,9 @@ Model-dependent:
   circuits     FactoredMatrix (products, SVD, norms without the full matrix); QK / OV circuits
   stacked      TransformerLens's stacked weight views (W_Q [layer, head, d, e], ..., QK, OV) from params
   sweeps       ablation (zero / mean / resample) and activation-patching sweeps as one compiled call
+  lens         the logit lens per layer and position, next-token losses with TransformerLens's
+               return types, token_names (to_str_tokens for a task's vocabulary)
 """
 
 from toymech.analysis import fourier, linalg, probes, progress, views
-from toymech.analysis import attribution, circuits, stacked, sweeps
+from toymech.analysis import attribution, circuits, lens, stacked, sweeps

@@ -217,7 +217,8 @@ def _unembed(cfg: ModelConfig, params: dict) -> Array:
     return W_U
 
 
-def _check_tokens(tokens, n: int, what: str) -> Array:
+def check_token_ids(tokens, n: int, what: str) -> Array:
+    """`tokens` as an int array, checked (when concrete) to lie in [0, n); ValueError naming `what`."""
     tokens = jnp.asarray(tokens)
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
         raise ValueError(f"{what} must be integer token ids, got dtype {tokens.dtype}")
@@ -235,9 +236,9 @@ def logit_directions(cfg: ModelConfig, params: dict, tokens, incorrect_tokens=No
     `incorrect_tokens`, if given): columns of W_U, times ln_final.w in an
     'LN' model."""
     W_U = _unembed(cfg, params)
-    directions = W_U.T[_check_tokens(tokens, cfg.d_vocab_out, "tokens")]
+    directions = W_U.T[check_token_ids(tokens, cfg.d_vocab_out, "tokens")]
     if incorrect_tokens is not None:
-        directions = directions - W_U.T[_check_tokens(incorrect_tokens, cfg.d_vocab_out, "incorrect_tokens")]
+        directions = directions - W_U.T[check_token_ids(incorrect_tokens, cfg.d_vocab_out, "incorrect_tokens")]
     return directions
 
 
@@ -301,7 +302,7 @@ def logit_diff(logits, correct, incorrect) -> Array:
     and int ids broadcastable to logits.shape[:-1]: [...]."""
     logits = jnp.asarray(logits)
     shape, n = logits.shape[:-1], logits.shape[-1]
-    ids = [jnp.broadcast_to(_check_tokens(t, n, what), shape)[..., None]
+    ids = [jnp.broadcast_to(check_token_ids(t, n, what), shape)[..., None]
            for t, what in ((correct, "correct"), (incorrect, "incorrect"))]
     pick = lambda i: jnp.take_along_axis(logits, i, -1, mode="fill", fill_value=jnp.nan)[..., 0]
     return pick(ids[0]) - pick(ids[1])  # ids past the vocabulary (only possible under jit) give NaN

@@ -18,6 +18,8 @@
    * layer-0 (and layer-1) attention from the output positions to the inputs, and
      how much of it falls on the mirrored input that the output copies;
    * layer-0 MLP outputs, and which embedding they point to;
+   * autoregressive accuracy: the outputs generated greedily from [BOS, x0..x7]
+     (`toymech.generate`, KV-cached), exact match and per token, beside teacher forcing;
 5. optionally (`config.seed_sweep`, non-empty in the `seeds` variant) trains the
    same recipe for several seeds at once (`toymech.train.train_many`, vmapped, in
    workdir/seed_sweep) and reports each seed's holdout accuracy: a d_model-4 model
@@ -418,6 +420,32 @@ def mlp0_section(m: dict, rep: Report) -> None:
                       "chance 25%)")
 
 
+def autoregressive_numbers(run: TrainedRun, pred: np.ndarray) -> dict:
+    """Holdout accuracy when the model reads its own outputs: `tm.generate` (greedy) writes
+    y0..y7 after each [BOS, x0..x7]. Exact match (all 8 right) and per-token accuracy, beside
+    the teacher-forced ones (`pred`: the argmax with the true outputs fed, [n, 8])."""
+    targets = run.holdout[:, 1 + rv.N_DIGITS:]  # [n, 8]
+    prompts = run.holdout[:, : 1 + rv.N_DIGITS]  # [n, 9]
+    generated = np.asarray(tm.generate(run.cfg, run.params, prompts, rv.N_DIGITS))[:, 1 + rv.N_DIGITS:]
+    right, forced = generated == targets, pred == targets
+    return {"autoregressive_exact_match": float(right.all(-1).mean()), "autoregressive_token_accuracy":
+            float(right.mean()), "teacher_forced_exact_match": float(forced.all(-1).mean()),
+            "teacher_forced_token_accuracy": float(forced.mean()), "autoregressive_by_position": right.mean(0),
+            "teacher_forced_by_position": forced.mean(0)}
+
+
+def autoregressive_section(ar: dict, rep: Report) -> None:
+    sec = rep.section("Generating the outputs")
+    sec.table(["holdout accuracy", "exact match (all 8 outputs)", "per output token", *OUT_LABELS],
+              [[name, ar[f"{key}_exact_match"], ar[f"{key}_token_accuracy"], *map(float, ar[f"{key}_by_position"])]
+               for name, key in (("autoregressive (generate, greedy)", "autoregressive"),
+                                 ("teacher-forced (true outputs fed)", "teacher_forced"))],
+              caption="The model writing y0..y7 itself (a KV-cached greedy generate from [BOS, x0..x7]) and "
+                      "with the true outputs fed. Exact match is the same either way by construction (a sequence "
+                      "with every teacher-forced prediction right feeds the generator the true tokens); per token, "
+                      "an early mistake changes what the later outputs read.")
+
+
 def analyze(run: TrainedRun, rep: Report) -> dict:
     """All of study 2 on the trained model's holdout set: each analysis's numbers, then its section."""
     pred, acts = activations(run.cfg, run.params, run.holdout)
@@ -429,7 +457,9 @@ def analyze(run: TrainedRun, rep: Report) -> dict:
     attention_section(out["attention"], acts, _n_show(run), rep)
     out["mlp0"] = mlp0_numbers(run, acts)
     mlp0_section(out["mlp0"], rep)
-    common.attention_section(rep, run.cfg, run.params, run.holdout[:, :-1], TOKENS + ("BOS",), "holdout sequences")
+    out["autoregressive"] = autoregressive_numbers(run, pred)
+    autoregressive_section(out["autoregressive"], rep)
+    common.attention_section(rep, run.cfg, run.params, run.holdout[:, :-1], rv.VOCAB, "holdout sequences")
     return out
 
 

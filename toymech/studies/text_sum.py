@@ -474,7 +474,7 @@ def intervention_section(inter: dict, labels: Sequence[str], k: int, rep: Report
 
 
 # Each token id as the attention view shows it (a space as '␣'; padding is never shown).
-TOKEN_LABELS = tuple(ts.ID_TO_CHAR.get(i, "PAD").replace(" ", "␣") for i in range(ts.D_VOCAB))
+TOKEN_LABELS = tuple(name.replace(" ", "␣") for name in ts.VOCAB)  # a space shows as ␣
 
 
 def analyze(run: TrainedRun, hidden: np.ndarray, rep: Report) -> dict:

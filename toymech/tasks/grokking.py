@@ -71,6 +71,11 @@ class AdditionTask:
         return self.p
 
     @property
+    def vocab(self) -> tuple[str, ...]:
+        """The input tokens' names: '0'..'p-1' and '=' (for `toymech.analysis.lens.token_names`)."""
+        return tuple(str(n) for n in range(self.p)) + ("=",)
+
+    @property
     def d_vocab(self) -> int:
         return self.p + 1
 

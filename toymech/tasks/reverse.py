@@ -27,6 +27,7 @@ from toymech.model import apply_unchecked, output_positions_for
 N_SYMBOLS = 4  # digit tokens 0..3
 BOS = 4
 D_VOCAB = 5
+VOCAB = ("0", "1", "2", "3", "BOS")  # token names, for toymech.analysis.lens.token_names
 N_DIGITS = 8
 SEQ_LEN = 1 + 2 * N_DIGITS  # 17: BOS, inputs, outputs
 N_TRAIN = 60_000

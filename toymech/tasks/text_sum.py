@@ -45,6 +45,7 @@ PAD_ID = 0
 CHAR_TO_ID = {**{str(d): d + 1 for d in range(10)}, " ": 11, "+": 12, "-": 13, "=": 14, "?": 15}
 ID_TO_CHAR = {i: c for c, i in CHAR_TO_ID.items()}
 D_VOCAB = 16
+VOCAB = ("<pad>",) + tuple(ID_TO_CHAR[i] for i in range(1, D_VOCAB))  # token names (lens.token_names)
 SCALE = 2000.0  # targets are sum / SCALE
 
 
