@@ -11,7 +11,7 @@ forward pass takes two explicit arguments:
 * `intervention`: edits to apply at named sites (`toymech.interventions`);
 * `capture`: the site names whose activations to return.
 
-Both are handled by `_Sites`, a per-call object threaded through the modules:
+Both are handled by `Sites`, a per-call object threaded through the modules:
 each site is one `sites(name, x)` call that applies the edits for `name` and
 records `x` if asked for. Sites that are neither captured nor edited cost
 nothing (under jit they are plain intermediate values), and the one expensive
@@ -54,8 +54,13 @@ ACT_FNS = {
 }
 
 
-class _Sites:
-    """Applies the intervention and records the captures of one forward pass."""
+class Sites:
+    """Applies the intervention and records the captures of one forward pass.
+
+    A subclass may rewrite sites itself (`toymech.analysis.edges` builds each
+    receiver's input from its senders this way): override `__call__`, and
+    `edited` for the sites whose value it changes.
+    """
 
     def __init__(self, intervention: iv.Intervention | None, capture: tuple[str, ...]):
         self.edits = intervention.edits if intervention is not None else {}
@@ -168,7 +173,7 @@ class LayerNorm(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, sites: _Sites, prefix: str):  # x [b, p, d]
+    def __call__(self, x, sites: Sites, prefix: str):  # x [b, p, d]
         x = x - x.mean(-1, keepdims=True)
         scale = sites(f"{prefix}.hook_scale", jnp.sqrt((x**2).mean(-1, keepdims=True) + self.cfg.eps))
         x = sites(f"{prefix}.hook_normalized", x / scale)  # [b, p, d]
@@ -188,7 +193,7 @@ class Attention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, inp, sites: _Sites, prefix: str, key_mask, positions=None):
+    def __call__(self, inp, sites: Sites, prefix: str, key_mask, positions=None):
         # inp: _DenseInput | _EmbeddingInput over [b, p]; key_mask [b, p] | None
         c = self.cfg
         qkv_shape, bias_shape = (c.n_heads, c.d_model, c.d_head), (c.n_heads, c.d_head)
@@ -225,7 +230,7 @@ class MLP(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, sites: _Sites, prefix: str):  # x [b, p, d]
+    def __call__(self, x, sites: Sites, prefix: str):  # x [b, p, d]
         c = self.cfg
         W_in, b_in = _weight(self, "W_in", (c.d_model, c.d_mlp)), _bias(self, "b_in", (c.d_mlp,))
         W_out, b_out = _weight(self, "W_out", (c.d_mlp, c.d_model)), _bias(self, "b_out", (c.d_model,))
@@ -252,7 +257,7 @@ class Block(nn.Module):
     layer: int
 
     @nn.compact
-    def __call__(self, resid, sites: _Sites, key_mask, positions=None, attn_input=None):  # resid [b, p, d]
+    def __call__(self, resid, sites: Sites, key_mask, positions=None, attn_input=None):  # resid [b, p, d]
         c, b = self.cfg, f"blocks.{self.layer}"
         norm = (lambda name: LayerNorm(c, name=name)) if c.normalization_type else None
         resid = sites(f"{b}.hook_resid_pre", resid)
@@ -281,7 +286,7 @@ class Block(nn.Module):
         return sites(f"{b}.hook_resid_post", resid + mlp_out)
 
 
-_NO_SITES = _Sites(None, ())  # a LayerNorm applied per head in the split-input path hooks nothing
+_NO_SITES = Sites(None, ())  # a LayerNorm applied per head in the split-input path hooks nothing
 
 
 class Embed(nn.Module):
@@ -322,7 +327,7 @@ class Transformer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens, sites: _Sites, key_mask=None, positions=None):  # tokens int [b, p]
+    def __call__(self, tokens, sites: Sites, key_mask=None, positions=None):  # tokens int [b, p]
         c = self.cfg
         tokens = sites("hook_tokens", tokens)  # capture only (check_inputs refuses edits)
         W_E = Embed(c, name="embed")()  # [v, d]
@@ -340,7 +345,7 @@ class Transformer(nn.Module):
         return Unembed(c, name="unembed")(sites("unembed.hook_in", resid))  # [b, q, v]
 
 
-def _project_tables(cfg: ModelConfig, sites: _Sites, shape) -> bool:
+def _project_tables(cfg: ModelConfig, sites: Sites, shape) -> bool:
     """Whether the first block projects W_E and W_pos rows instead of tokens: it
     reads the raw embeddings (no LayerNorm, no edit before it), and the tables are
     much smaller than the batch's tokens."""
@@ -361,11 +366,11 @@ def init_params(cfg: ModelConfig, key: jax.Array) -> dict:
 @functools.partial(jax.jit, static_argnums=0)
 def _init_jit(cfg: ModelConfig, key: jax.Array) -> dict:
     tokens = jnp.zeros((1, cfg.n_ctx), jnp.int32)
-    return Transformer(cfg).init(key, tokens, _Sites(None, ()))["params"]
+    return Transformer(cfg).init(key, tokens, Sites(None, ()))["params"]
 
 
 def _forward(cfg, params, tokens, intervention, capture, key_padding_mask, fixed_positions=None, row_positions=None):
-    sites = _Sites(intervention, capture)
+    sites = Sites(intervention, capture)
     positions = fixed_positions if row_positions is None else row_positions
     logits = Transformer(cfg).apply({"params": params}, tokens, sites, key_padding_mask, positions)
     return logits, ActivationCache(cfg, sites.captured)
