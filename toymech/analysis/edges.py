@@ -381,13 +381,16 @@ def path_patching(cfg: ModelConfig, params: dict, clean, corrupted, metric, send
     off = np.zeros((len(rows) if each_sender else 1, g.n_edges), bool)
     for i, row in enumerate(rows):
         off[i if each_sender else 0, row] = True
-    out = _patch_sets(cfg, params, clean, corrupted, metric, jnp.asarray(off), key_padding_mask, chunk)
-    return out if each_sender else out[0]
+    values, m_clean, _ = patched_sets(cfg, params, clean, corrupted, metric, jnp.asarray(off), key_padding_mask,
+                                      chunk)
+    return values - m_clean if each_sender else values[0] - m_clean
 
 
 @functools.partial(jax.jit, static_argnums=(0, 7))
-def _patch_sets(cfg, params, clean, corrupted, metric, off, key_padding_mask, chunk):
-    """metric(edges `off[i]` corrupted) - metric(clean) for each row of off [n, E] (bool)."""
-    senders, m_clean, _ = clean_and_corrupted(cfg, params, clean, corrupted, metric, key_padding_mask)
+def patched_sets(cfg, params, clean, corrupted, metric, off, key_padding_mask, chunk):
+    """On checked inputs (`prepared`): (metric with the edges off[i] corrupted and the rest clean,
+    for each row of off [n, E] (bool) -> [n], the clean metric, the corrupted metric); one
+    compiled call, `chunk` rows vmapped at a time."""
+    senders, m_clean, m_corrupted = clean_and_corrupted(cfg, params, clean, corrupted, metric, key_padding_mask)
     run = metric_of_weights(cfg, params, clean, senders, metric, key_padding_mask)
-    return sweeps.map_chunked(lambda o: run(1.0 - o.astype(senders.dtype)), off, chunk) - m_clean
+    return sweeps.map_chunked(lambda o: run(1.0 - o.astype(senders.dtype)), off, chunk), m_clean, m_corrupted
