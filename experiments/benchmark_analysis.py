@@ -18,7 +18,15 @@ Times, side by side in one run on one machine (a few minutes on a 2-core CPU):
    (p = 113): `tasks.grokking.grokking_progress` (which computes every progress
    measure) vs the notebook's loop of `load_state_dict` + `run_with_cache`
    + the restricted/excluded computation (both losses from one forward pass
-   per checkpoint).
+   per checkpoint);
+5. exact patching of every edge of the sum model (`edges.edge_patching`, the
+   same 1,000 sequences against their partners with digit a3 changed, loss on
+   the sum digits), one compiled call, vs a TransformerLens loop of the same
+   edge patches (use_split_qkv_input + use_attn_result, one run_with_hooks per
+   edge adding the sender's corrupted-minus-clean output at the receiver);
+6. EAP over all edges (`discovery.edge_attribution`) against one forward +
+   backward pass of the loss (jax.grad wrt params) on the same tokens: the
+   ratio, and EAP's correlation with item 5's exact effects.
 
 The toymech side is timed on its first call (compilation included) and in
 steady state (median of --repeats calls); the references have no compilation
@@ -48,8 +56,8 @@ from absl import app, flags
 
 import toymech as tm
 import toymech.interop
-from toymech.analysis import linalg, probes, sweeps
-from toymech.tasks import grokking, text_sum
+from toymech.analysis import discovery, edges, linalg, probes, sweeps
+from toymech.tasks import grokking, sum_digits, text_sum
 
 _SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "shared")
 
@@ -61,7 +69,9 @@ _TL_SWEEP_TARGETS = flags.DEFINE_integer(
 _N_CHECKPOINTS = flags.DEFINE_integer("n_checkpoints", 250, "Grokking checkpoints for restricted/excluded loss.")
 _TL_CHECKPOINTS = flags.DEFINE_integer(
     "tl_checkpoints", 25, "Reference progress loop: run this many checkpoints and scale (0 = all).")
-_ITEMS = flags.DEFINE_list("items", ["sweep", "polyfit", "probes", "progress"], "Which items to run.")
+_TL_EDGE_TARGETS = flags.DEFINE_integer(
+    "tl_edge_targets", 0, "Reference edge-patching loop: run this many edges and scale (0 = all).")
+_ITEMS = flags.DEFINE_list("items", ["sweep", "polyfit", "probes", "progress", "edges", "eap"], "Which items to run.")
 _CACHE_DIR = flags.DEFINE_string(
     "compilation_cache_dir", "", "Enable JAX's persistent compilation cache in this folder (run twice: the first "
     "process fills it, the second's first calls show the warm-cache cost); empty: no persistent cache.")
@@ -123,10 +133,10 @@ def _row(name, what, tm_first, tm_steady, reference, ref, ref_ran, ref_total, ch
                 speedup_incl_compile=ref_full / tm_first, check=check)
 
 
-def _tl_model(cfg, state_dict):
+def _tl_model(cfg, state_dict, **flags):
     import torch
     from transformer_lens import HookedTransformer, HookedTransformerConfig
-    model = HookedTransformer(HookedTransformerConfig(**tm.interop.transformer_lens_config(cfg), device="cpu"))
+    model = HookedTransformer(HookedTransformerConfig(**tm.interop.transformer_lens_config(cfg), device="cpu", **flags))
     model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in state_dict.items()}, strict=False)
     return model.eval()
 
@@ -300,6 +310,81 @@ def bench_progress(repeats: int, n_checkpoints: int, tl_checkpoints: int) -> dic
                 n_checkpoints, {"max_rel_diff_loss": diff})
 
 
+# --- 5. exact patching of every edge; 6. EAP against one forward + backward -------
+
+
+def _sum_edge_inputs(shared: str):
+    """The sum model, its 1,000 evaluation sequences, their corrupted partners (digit a3 changed)
+    and the loss metric on the four sum digits (per example)."""
+    path = os.path.join(shared, "models", "arena", "sum_model.pt")
+    cfg, params = tm.interop.load_transformer_lens(path)
+    tokens = np.loadtxt(os.path.join(shared, "fixtures", "arena_sum_eval_1000.txt"), dtype=np.int32)
+    clean, corrupted = sum_digits.corrupt_a_digit(tokens, 2, seed=0)
+    pos = sum_digits.OUTPUT_POSITIONS
+    return path, cfg, params, clean, corrupted, pos, edges.loss_metric(clean[:, pos + 1], pos)
+
+
+def bench_edges(shared: str, repeats: int, tl_targets: int) -> dict:
+    import torch
+    path, cfg, params, clean, corrupted, pos, metric = _sum_edge_inputs(shared)
+    run = lambda: edges.edge_patching(cfg, params, clean, corrupted, metric).values
+    ours, first, steady = _time_toymech(run, repeats)
+
+    model = _tl_model(cfg, torch.load(path, map_location="cpu"), use_split_qkv_input=True, use_attn_result=True)
+    g = edges.graph(cfg)
+    toks, labels = torch.tensor(clean, dtype=torch.long), torch.tensor(clean[:, pos + 1], dtype=torch.long)
+    with torch.no_grad():
+        base_logits, clean_cache = model.run_with_cache(toks)
+        _, corrupted_cache = model.run_with_cache(torch.tensor(corrupted, dtype=torch.long))
+    loss = lambda logits: -logits[:, pos].log_softmax(-1).gather(-1, labels[..., None]).mean().item()
+    ran = range(tl_targets or g.n_edges)
+
+    def tl_edge(e):  # the receiver's input gets the sender's corrupted - clean output
+        sender, receiver = g.senders[g.edge_sender[e]], g.receivers[g.edge_receiver[e]]
+        if sender in ("embed", "pos_embed"):
+            delta = corrupted_cache[f"hook_{sender}"] - clean_cache[f"hook_{sender}"]
+        else:
+            layer, head = int(sender.split(".")[1]), int(sender.split(".")[-1])
+            site = f"blocks.{layer}.attn.hook_result"
+            delta = corrupted_cache[site][:, :, head] - clean_cache[site][:, :, head]
+        if receiver == "logits":
+            site, head = f"blocks.{cfg.n_layers - 1}.hook_resid_post", None
+        else:
+            _, layer, _, _, head, role = receiver.split(".")
+            site, head = f"blocks.{layer}.hook_{role}_input", int(head)
+
+        def hook(x, hook):
+            if head is None:
+                return x + delta
+            x[:, :, head] += delta
+            return x
+        return loss(model.run_with_hooks(toks, fwd_hooks=[(site, hook)])) - loss(base_logits)
+
+    with torch.no_grad():
+        theirs, seconds, threads = _time_reference(lambda: [tl_edge(e) for e in ran], lambda: tl_edge(0),
+                                                   _torch_threads)
+    diff = float(np.max(np.abs(np.asarray(ours)[:len(ran)] - np.asarray(theirs))))
+    return _row("edges", f"exact patching of all {g.n_edges} edges of the sum model, {clean.shape} tokens",
+                first, steady, "TransformerLens split-qkv run_with_hooks loop", (seconds, threads), len(ran),
+                g.n_edges, {"max_abs_diff_loss": diff})
+
+
+def bench_eap(shared: str, repeats: int) -> dict:
+    _, cfg, params, clean, corrupted, pos, metric = _sum_edge_inputs(shared)
+    run = lambda: discovery.edge_attribution(cfg, params, clean, corrupted, metric, method="eap").values
+    ours, first, steady = _time_toymech(run, repeats)
+    labels = clean[:, pos + 1]
+    grad = jax.jit(jax.grad(lambda p, t: sweeps.token_losses(tm.apply_unchecked(cfg, p, t)[0], labels, pos).mean()))
+    _, ref_first, ref_steady = _time_toymech(lambda: grad(params, clean), repeats)
+    exact = edges.edge_patching(cfg, params, clean, corrupted, metric).values
+    corr = float(np.corrcoef(np.asarray(ours), np.asarray(exact))[0, 1])
+    row = _row("eap", f"EAP over all {edges.graph(cfg).n_edges} edges, {clean.shape} tokens (the reference: one "
+               "forward + backward of the loss wrt params, steady)", first, steady,
+               "toymech forward + backward", (ref_steady, 1), 1, 1,
+               {"eap_over_fwd_bwd": steady / ref_steady, "fwd_bwd_first_s": ref_first, "corr_with_exact": corr})
+    return row
+
+
 # --- main ----------------------------------------------------------------------
 
 
@@ -326,6 +411,8 @@ def main(argv):
         "polyfit": lambda: bench_polyfit(_REPEATS.value),
         "probes": lambda: bench_probes(_REPEATS.value),
         "progress": lambda: bench_progress(_REPEATS.value, _N_CHECKPOINTS.value, _TL_CHECKPOINTS.value),
+        "edges": lambda: bench_edges(_SHARED_DIR.value, _REPEATS.value, _TL_EDGE_TARGETS.value),
+        "eap": lambda: bench_eap(_SHARED_DIR.value, _REPEATS.value),
     }
     unknown = set(_ITEMS.value) - set(benches)
     if unknown:

@@ -15,7 +15,12 @@ Model-dependent:
   circuits     FactoredMatrix (products, SVD, norms without the full matrix); QK / OV circuits
   stacked      TransformerLens's stacked weight views (W_Q [layer, head, d, e], ..., QK, OV) from params
   sweeps       ablation (zero / mean / resample) and activation-patching sweeps as one compiled call
+  edges        the graph of senders and receivers, the edge-level forward pass, exact edge patching,
+               path patching
+  discovery    attribution patching (nodes, EAP, EAP-IG), ACDC, top-k circuits, faithfulness curves,
+               the Circuit result and its DAG figure
 """
 
 from toymech.analysis import fourier, linalg, probes, progress, views
 from toymech.analysis import attribution, circuits, stacked, sweeps
+from toymech.analysis import edges, discovery
