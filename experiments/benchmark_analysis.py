@@ -340,24 +340,11 @@ def bench_edges(shared: str, repeats: int, tl_targets: int) -> dict:
     ran = range(tl_targets or g.n_edges)
 
     def tl_edge(e):  # the receiver's input gets the sender's corrupted - clean output
-        sender, receiver = g.senders[g.edge_sender[e]], g.receivers[g.edge_receiver[e]]
-        if sender in ("embed", "pos_embed"):
-            delta = corrupted_cache[f"hook_{sender}"] - clean_cache[f"hook_{sender}"]
-        else:
-            layer, head = int(sender.split(".")[1]), int(sender.split(".")[-1])
-            site = f"blocks.{layer}.attn.hook_result"
-            delta = corrupted_cache[site][:, :, head] - clean_cache[site][:, :, head]
-        if receiver == "logits":
-            site, head = f"blocks.{cfg.n_layers - 1}.hook_resid_post", None
-        else:
-            _, layer, _, _, head, role = receiver.split(".")
-            site, head = f"blocks.{layer}.hook_{role}_input", int(head)
-
-        def hook(x, hook):
-            if head is None:
-                return x + delta
-            x[:, :, head] += delta
-            return x
+        sender_site, sender_head, site, head = g.edge_sites(e)
+        delta = corrupted_cache[sender_site] - clean_cache[sender_site]
+        delta = delta if sender_head is None else delta[:, :, sender_head]
+        hook = (lambda x, hook: x + delta) if head is None else (lambda x, hook: x.index_add_(
+            2, torch.tensor([head]), delta[:, :, None]))
         return loss(model.run_with_hooks(toks, fwd_hooks=[(site, hook)])) - loss(base_logits)
 
     with torch.no_grad():

@@ -58,31 +58,26 @@ def _tl_split_model(ref, cfg, seed):
 def _tl_edge_hook(cfg, g, e, clean_cache, corrupted_cache):
     """(hook site, hook) patching edge e in TransformerLens: the receiver's input gets the sender's
     corrupted-minus-clean output added (the sender itself is upstream, so clean in that run)."""
-    sender, receiver = g.senders[g.edge_sender[e]], g.receivers[g.edge_receiver[e]]
-    if sender in ("embed", "pos_embed"):
-        site, head = f"hook_{sender}", None
-    elif sender.endswith(".mlp"):
-        site, head = sender.replace(".mlp", ".hook_mlp_out"), None
-    else:
-        _, layer, _, _, head = sender.split(".")
-        site, head = f"blocks.{layer}.attn.hook_result", int(head)
-    delta = corrupted_cache[site] - clean_cache[site]
-    delta = delta if head is None else delta[:, :, head]
-    if receiver == "logits":
-        r_site, r_head = f"blocks.{cfg.n_layers - 1}.hook_resid_post", None
-    elif receiver.endswith(".mlp"):
-        r_site, r_head = receiver.replace(".mlp", ".hook_mlp_in"), None
-    else:
-        _, layer, _, _, r_head, role = receiver.split(".")
-        r_site, r_head = f"blocks.{layer}.hook_{role}_input", int(r_head)
+    sender_site, sender_head, site, head = g.edge_sites(e)
+    delta = corrupted_cache[sender_site] - clean_cache[sender_site]
+    delta = delta if sender_head is None else delta[:, :, sender_head]
 
     def hook(x, hook):
-        if r_head is None:
+        if head is None:
             return x + delta
-        x[:, :, r_head] += delta
+        x[:, :, head] += delta
         return x
 
-    return r_site, hook
+    return site, hook
+
+
+def test_edge_sites_name_the_hooks_of_each_edge():
+    g = edges.graph(CONFIGS["ln_mlp"])
+    at = lambda name: g.edge_sites(g.edge_indices([name])[0])
+    assert at("embed -> blocks.0.attn.head.1.k") == ("hook_embed", None, "blocks.0.hook_k_input", 1)
+    assert at("blocks.0.attn.head.1 -> blocks.0.mlp") == ("blocks.0.attn.hook_result", 1, "blocks.0.hook_mlp_in", None)
+    assert at("blocks.0.mlp -> blocks.1.attn.head.0.v") == ("blocks.0.hook_mlp_out", None, "blocks.1.hook_v_input", 0)
+    assert at("blocks.1.mlp -> logits") == ("blocks.1.hook_mlp_out", None, "blocks.1.hook_resid_post", None)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

@@ -66,12 +66,16 @@ def test_logits_and_every_site_match_transformer_lens(ref, name):
     logits, acts = tm.apply(cfg, params, tokens, capture="all")
     np.testing.assert_allclose(logits, ref.to_numpy(tl_logits), **TOL)
     assert set(acts) == set(tm.site_names(cfg))
-    split = _split_sites(cfg)  # TransformerLens has them only with its split-input options (tested below)
+    split = _split_sites(cfg)  # TransformerLens has them only with its split-input options
     missing = set(acts) - set(cache.keys()) - split
     assert not missing, f"toymech sites TransformerLens does not have: {missing}"
+    with torch.no_grad():
+        _, qkv = _tl_split(ref, cfg, model, use_split_qkv_input=True).run_with_cache(torch.tensor(tokens))
+        _, attn_in = _tl_split(ref, cfg, model, use_attn_in=True).run_with_cache(torch.tensor(tokens))
     for site, act in acts.items():
-        if site not in split:
-            np.testing.assert_allclose(act, ref.to_numpy(cache[site]), err_msg=site, **TOL)
+        want = (attn_in if site.endswith("hook_attn_in") else qkv) if site in split else cache
+        assert act.shape == tm.sites.site_shape(cfg, site, *tokens.shape), site
+        np.testing.assert_allclose(act, ref.to_numpy(want[site]), err_msg=site, **TOL)
     if cfg.attention_dir == "causal":  # masked scores hold TransformerLens's IGNORE value
         masked = ~np.tril(np.ones((cfg.n_ctx, cfg.n_ctx), bool))
         ignore = float(model.blocks[0].attn.IGNORE)
@@ -89,23 +93,6 @@ def _tl_split(ref, cfg, model, **flags):
     split = HookedTransformer(ref.tl_config(cfg, use_attn_result=True, use_hook_mlp_in=not cfg.attn_only, **flags))
     split.load_state_dict(model.state_dict())
     return split.eval()
-
-
-@pytest.mark.parametrize("name", list(ALL_CONFIGS))
-def test_split_input_sites_match_transformer_lens(ref, name):
-    import torch
-    cfg = ALL_CONFIGS[name]
-    model = ref.tl_model(cfg, seed=1)
-    params = ref.params_from_tl(model)
-    tokens = _tokens(cfg)
-    _, acts = tm.apply(cfg, params, tokens, capture=sorted(_split_sites(cfg)))
-    with torch.no_grad():
-        _, qkv = _tl_split(ref, cfg, model, use_split_qkv_input=True).run_with_cache(torch.tensor(tokens))
-        _, attn_in = _tl_split(ref, cfg, model, use_attn_in=True).run_with_cache(torch.tensor(tokens))
-    for site, act in acts.items():
-        want = attn_in[site] if site.endswith("hook_attn_in") else qkv[site]
-        assert act.shape == tm.sites.site_shape(cfg, site, *tokens.shape), site
-        np.testing.assert_allclose(act, ref.to_numpy(want), err_msg=site, **TOL)
 
 
 @pytest.mark.parametrize("name", ["regression_encoder", "lnpre_gelu_new", "grokking"])  # LN, LNPre, no norm

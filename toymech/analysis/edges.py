@@ -74,6 +74,8 @@ class Graph:
     offset: np.ndarray  # [R] int
     sender_sites: tuple[str, ...]  # the model site each sender block is read at, forward order
     receiver_sites: dict  # model site -> (first receiver, number of receivers, per head)
+    sender_at: tuple[tuple[str, int | None], ...]  # per sender: (site, head or None)
+    receiver_at: tuple[tuple[str, int | None], ...]  # per receiver: (site, head or None)
 
     @property
     def n_edges(self) -> int:
@@ -90,6 +92,12 @@ class Graph:
     @functools.cached_property
     def edges(self) -> tuple[str, ...]:
         return tuple(f"{self.senders[s]} -> {self.receivers[r]}" for s, r in zip(self.edge_sender, self.edge_receiver))
+
+    def edge_sites(self, e: int) -> tuple[str, int | None, str, int | None]:
+        """Where edge e sits in a forward pass with split inputs (toymech's and TransformerLens's
+        hook names): (sender site, sender head or None, receiver site, receiver head or None).
+        Patching the edge alone adds the sender's corrupted - clean output to the receiver's input."""
+        return self.sender_at[self.edge_sender[e]] + self.receiver_at[self.edge_receiver[e]]
 
     def edge_indices(self, names: Sequence[str]) -> np.ndarray:
         """Indices of the edges called `names`; raises ValueError listing the valid ones."""
@@ -119,27 +127,34 @@ def _indices(valid: tuple[str, ...], names, what: str) -> np.ndarray:
 def graph(cfg: ModelConfig) -> Graph:
     """The graph of a model with this config."""
     H = cfg.n_heads
-    senders, sender_sites, receivers, n_up, receiver_sites = ["embed", "pos_embed"], ["hook_embed", "hook_pos_embed"], [], [], {}
+    senders, receivers, n_up, receiver_sites = [], [], [], {}
+    sender_at, receiver_at = [], []
+
+    def add_senders(site, names, per_head):
+        senders.extend(names)
+        sender_at.extend((site, h if per_head else None) for h in range(len(names)))
 
     def add_receivers(site, names, per_head):
         receiver_sites[site] = (len(receivers), len(names), per_head)
         receivers.extend(names)
+        receiver_at.extend((site, h if per_head else None) for h in range(len(names)))
         n_up.extend([len(senders)] * len(names))
 
+    add_senders("hook_embed", ["embed"], False)
+    add_senders("hook_pos_embed", ["pos_embed"], False)
     for layer in range(cfg.n_layers):
         b = f"blocks.{layer}"
         for role in ROLES:
             add_receivers(f"{b}.hook_{role}_input", [f"{b}.attn.head.{h}.{role}" for h in range(H)], True)
-        senders += [f"{b}.attn.head.{h}" for h in range(H)]
-        sender_sites.append(f"{b}.attn.hook_result")
+        add_senders(f"{b}.attn.hook_result", [f"{b}.attn.head.{h}" for h in range(H)], True)
         if not cfg.attn_only:
             add_receivers(f"{b}.hook_mlp_in", [f"{b}.mlp"], False)
-            senders.append(f"{b}.mlp")
-            sender_sites.append(f"{b}.hook_mlp_out")
+            add_senders(f"{b}.hook_mlp_out", [f"{b}.mlp"], False)
     add_receivers(f"blocks.{cfg.n_layers - 1}.hook_resid_post", ["logits"], False)
     n_up = np.asarray(n_up)
+    sender_sites = tuple(dict.fromkeys(site for site, _ in sender_at))
     return Graph(tuple(senders), tuple(receivers), n_up, np.concatenate([[0], np.cumsum(n_up)[:-1]]),
-                 tuple(sender_sites), receiver_sites)
+                 sender_sites, receiver_sites, tuple(sender_at), tuple(receiver_at))
 
 
 # --- the edge-level forward pass ------------------------------------------------------
