@@ -30,6 +30,7 @@ A circuit keeps its edges at clean (w = 1) and sends every other edge the corrup
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
@@ -148,7 +149,7 @@ def _edge_attribution(cfg, params, clean, corrupted, metric, key_padding_mask, a
 # --- circuits ------------------------------------------------------------------------
 
 
-@struct.dataclass
+@dataclasses.dataclass(frozen=True)
 class Circuit:
     """A set of kept edges and what it does.
 
@@ -158,13 +159,13 @@ class Circuit:
     corrupted run; mask: bool [n_edges] over `edges.graph(cfg).edges`.
     """
 
-    kept: tuple[str, ...] = struct.field(pytree_node=False)
-    scores: np.ndarray = struct.field(pytree_node=False)
-    metric: float = struct.field(pytree_node=False)
-    clean: float = struct.field(pytree_node=False)
-    corrupted: float = struct.field(pytree_node=False)
-    mask: np.ndarray = struct.field(pytree_node=False)
-    method: str = struct.field(pytree_node=False)
+    kept: tuple[str, ...]
+    scores: np.ndarray
+    metric: float
+    clean: float
+    corrupted: float
+    mask: np.ndarray
+    method: str
 
     @property
     def recovered(self) -> float:
@@ -184,15 +185,16 @@ def _node_of(name: str) -> str:
     return name.rsplit(".", 1)[0] if name.endswith((".q", ".k", ".v")) and ".head." in name else name
 
 
-def _position(node: str) -> tuple[float, float]:
-    """(x, y) of a node in the DAG: y = 0 embeddings, 2L + 1 layer L's heads, 2L + 2 its MLP."""
+def _position(node: str, middle: float, top: float) -> tuple[float, float]:
+    """(x, y) of a node in the DAG: y = 0 embeddings, 2L + 1 layer L's heads (x = head), 2L + 2
+    its MLP, `top` the logits; MLPs and logits at x = `middle`."""
     if node in ("embed", "pos_embed"):
-        return (0.0 if node == "embed" else 1.0), 0.0
+        return (middle - 0.5 if node == "embed" else middle + 0.5), 0.0
     if node == "logits":
-        return 0.5, None
+        return middle, top
     layer = int(node.split(".")[1])
     if node.endswith(".mlp"):
-        return 0.5, 2.0 * layer + 2
+        return middle, 2.0 * layer + 2
     return float(node.rsplit(".", 1)[1]), 2.0 * layer + 1
 
 
@@ -202,9 +204,11 @@ def draw_circuit(path, kept, scores, *, title=None) -> str:
     from matplotlib.figure import Figure
 
     ends = [tuple(e.split(" -> ")) for e in kept]
-    nodes = sorted({_node_of(n) for end in ends for n in end}, key=lambda n: (_position(n)[1] or 1e9, n))
-    top = max([_position(n)[1] or 0.0 for n in nodes] + [0.0]) + 1.0
-    xy = {n: (x, top if y is None else y) for n in nodes for x, y in [_position(n)]}
+    nodes = {_node_of(n) for end in ends for n in end}
+    heads = [int(n.rsplit(".", 1)[1]) for n in nodes if ".head." in n]
+    layers = [int(n.split(".")[1]) for n in nodes if n.startswith("blocks.")]
+    top = 2.0 * max(layers, default=-1) + 3  # above the last layer's MLP row
+    xy = {n: _position(n, max(heads, default=1) / 2, top) for n in nodes}
     fig = Figure(figsize=(7, 1.2 + 1.1 * top), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.subplots()
@@ -318,10 +322,10 @@ def top_k(cfg: ModelConfig, params: dict, clean, corrupted, metric, scores, k: i
     curve = faithfulness_curve(cfg, params, clean, corrupted, metric, values, ks=[k],
                                key_padding_mask=key_padding_mask)
     return _circuit(cfg, mask, values, curve.metric[0], curve.clean, curve.corrupted,
-                    getattr(scores, "method", "scores"))
+                    f"top-{k} {getattr(scores, 'method', 'scores')}")
 
 
-@struct.dataclass
+@dataclasses.dataclass(frozen=True)
 class FaithfulnessCurve:
     """metric [n_k] of the top-k circuit for each k of ks [n_k]; recovered [n_k] =
     (metric - corrupted) / (clean - corrupted)."""
