@@ -108,6 +108,7 @@ class Graph:
 
     def receiver_indices(self, names: Sequence[str]) -> np.ndarray:
         """Receivers called `names`; a head's name (`blocks.1.attn.head.0`) stands for its q, k and v."""
+        names = [names] if isinstance(names, str) else names
         expanded = [n for name in names for n in ([f"{name}.{r}" for r in ROLES]
                                                    if f"{name}.q" in self.receivers else [name])]
         return _indices(self.receivers, expanded, "receiver")
