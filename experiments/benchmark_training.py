@@ -30,9 +30,6 @@ import dataclasses
 import functools
 import json
 import os
-import platform
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +38,7 @@ import optax
 from absl import app, flags
 
 import toymech as tm
+from experiments.benchmarking import load_average, machine, matmul_gflops, median_ratio, timed
 from toymech import train as T
 
 _STUDIES = flags.DEFINE_list("studies", ["grokking", "sum", "reverse"], "Which study models to benchmark.")
@@ -127,21 +125,6 @@ def step_flops(study: Study) -> float:
         total += q_rows * (2 * 2 * he * p + 2 * he * c.d_model + mlp)  # scores, pattern @ v, W_O, MLP
     total += B * k * 2 * c.d_model * c.d_vocab_out
     return 3 * total
-
-
-def matmul_gflops(n: int, repeats: int = 5) -> float:
-    """Best-of float32 GFLOP/s of a jitted [n, n] @ [n, n] (after warm-up calls)."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    dot = jax.jit(jnp.dot)
-    for _ in range(3):
-        dot(a, a).block_until_ready()
-    return 2 * n**3 / min(_timed(lambda: dot(a, a).block_until_ready()) for _ in range(repeats)) / 1e9
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def _plan(study: Study, steps: int) -> tuple[int, int, int]:
@@ -247,36 +230,28 @@ def seed_steps_per_s(study: Study, n_seeds: int, steps: int) -> float:
         loss, params, data, study.opt, seeds=list(range(n_seeds)), num_epochs=n, chunk_epochs=chunk,
         batch_size=study.batch_size, progress=False).params)
     run(chunk)  # compiles
-    return n_seeds * epochs * spe / _timed(lambda: run(epochs))
-
-
-def _load() -> float:
-    load = os.getloadavg()[0]
-    if load > (os.cpu_count() or 1):
-        print(f"WARNING: load average {load:.1f} exceeds the {os.cpu_count()} cores: other work is running, "
-              "and these ratios do not describe an idle machine", file=sys.stderr, flush=True)
-    return load
+    return n_seeds * epochs * spe / timed(lambda: run(epochs))
 
 
 def benchmark(name: str, steps: int, rounds: int) -> dict:
     study = STUDIES[name]
     spe, epochs, chunk = _plan(study, steps)
     n_steps = epochs * spe
-    load_before = _load()
+    load_before = load_average()
     # With compilation: the engine's first call in a fresh JAX cache, and its chunk program's compile time.
     jax.clear_caches()
     T._compiled_chunk.cache_clear()
     engine = engine_runner(study, steps)
-    first = _timed(lambda: engine(epochs))
+    first = timed(lambda: engine(epochs))
     hand = hand_runner(study, steps)
-    hand_first = _timed(lambda: hand(epochs))
+    hand_first = timed(lambda: hand(epochs))
     torch_run = torch_runner(study, _THREADS.value) if _TORCH.value else None
     times = {"toymech": [], "hand_scan": [], "transformer_lens": []}
     for _ in range(rounds):  # A B C, A B C, ...
-        times["toymech"].append(_timed(lambda: engine(epochs)))
-        times["hand_scan"].append(_timed(lambda: hand(epochs)))
+        times["toymech"].append(timed(lambda: engine(epochs)))
+        times["hand_scan"].append(timed(lambda: hand(epochs)))
         if torch_run is not None:
-            times["transformer_lens"].append(_timed(lambda: torch_run(n_steps)))
+            times["transformer_lens"].append(timed(lambda: torch_run(n_steps)))
     rate = {k: [n_steps / t for t in v] for k, v in times.items() if v}
     peak = matmul_gflops(_MATMUL_N.value)
     flops = step_flops(study)
@@ -285,13 +260,13 @@ def benchmark(name: str, steps: int, rounds: int) -> dict:
          "load_average_1min_before": load_before, "matmul_gflops": peak, "analytic_flops_per_step": flops,
          "steps_per_s": {k: median(v) for k, v in rate.items()}, "steps_per_s_all_rounds": rate,
          "toymech_steps_per_s_incl_compile": n_steps / first, "hand_scan_steps_per_s_incl_compile": n_steps / hand_first,
-         "engine_over_hand_scan": median([a / b for a, b in zip(rate["toymech"], rate["hand_scan"])])}
+         "engine_over_hand_scan": median_ratio(rate["toymech"], rate["hand_scan"])}
     if "transformer_lens" in rate:
-        r["ratio_vs_transformer_lens"] = median([a / b for a, b in zip(rate["toymech"], rate["transformer_lens"])])
+        r["ratio_vs_transformer_lens"] = median_ratio(rate["toymech"], rate["transformer_lens"])
         r["ratio_vs_transformer_lens_incl_compile"] = (n_steps / first) / r["steps_per_s"]["transformer_lens"]
     r["fraction_of_matmul_peak"] = flops * r["steps_per_s"]["toymech"] / 1e9 / peak
     r["seed_steps_per_s"] = {n: seed_steps_per_s(study, n, steps) for n in map(int, _SEED_COUNTS.value)}
-    r["load_average_1min_after"] = _load()
+    r["load_average_1min_after"] = load_average()
     return r
 
 
@@ -312,10 +287,7 @@ def main(argv):
     if unknown:
         raise app.UsageError(f"--studies: unknown {sorted(unknown)}; choose from {list(STUDIES)}")
     steps = _per_study(_STEPS.value, "steps")
-    results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                           "cpu_count": os.cpu_count(), "jax": jax.__version__, "jax_backend": jax.default_backend(),
-                           "devices": len(jax.devices()), "torch_threads": _THREADS.value},
-               "studies": {}}
+    results = {"machine": machine() | {"torch_threads": _THREADS.value}, "studies": {}}
     print(f"{'study':9s} {'load':>5s} {'toymech':>9s} {'hand scan':>9s} {'TL':>8s} {'vs TL':>6s} {'vs TL+c':>7s} "
           f"{'eng/hand':>8s} {'peak':>5s}  (steps/s; +c: toymech including compilation; peak: needed FLOPs / matmul)")
     for name in _STUDIES.value:
