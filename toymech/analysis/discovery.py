@@ -132,18 +132,22 @@ def edge_attribution(cfg: ModelConfig, params: dict, clean, corrupted, metric, *
                                                      chunk_size)
     alphas = np.ones(1) if method == "eap" else (np.arange(steps) + 0.5) / steps
     values, m_clean, m_corrupted = _edge_attribution(cfg, params, clean, corrupted, metric, key_padding_mask,
-                                                     jnp.asarray(alphas, cfg.dtype), chunk)
+                                                     jnp.asarray(alphas, cfg.dtype), chunk, method == "eap")
     return edges.EdgeScores(values, m_clean, m_corrupted, edges.graph(cfg).edges, method)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 7))
-def _edge_attribution(cfg, params, clean, corrupted, metric, key_padding_mask, alphas, chunk):
-    senders, m_clean, m_corrupted = edges.clean_and_corrupted(cfg, params, clean, corrupted, metric,
-                                                              key_padding_mask)
-    grad = jax.grad(edges.metric_of_weights(cfg, params, clean, senders, metric, key_padding_mask))
+@functools.partial(jax.jit, static_argnums=(0, 7, 8))
+def _edge_attribution(cfg, params, clean, corrupted, metric, key_padding_mask, alphas, chunk, at_clean):
+    """at_clean: alphas is [1.], whose metric is the clean one (no separate clean run: EAP costs
+    one corrupted forward and one edge-level forward + backward)."""
+    corrupted_logits, senders = edges.sender_run(cfg, params, corrupted, key_padding_mask)
+    value_and_grad = jax.value_and_grad(edges.metric_of_weights(cfg, params, clean, senders, metric,
+                                                                key_padding_mask))
     ones = jnp.ones(edges.graph(cfg).n_edges, senders.dtype)
-    grads = sweeps.map_chunked(lambda a: grad(a * ones), alphas, chunk)  # [m, E]
-    return -grads.mean(0), m_clean, m_corrupted
+    values, grads = sweeps.map_chunked(lambda a: value_and_grad(a * ones), alphas, chunk)  # [m], [m, E]
+    m_clean = values[0] if at_clean else metric(apply_unchecked(cfg, params, clean,
+                                                                key_padding_mask=key_padding_mask)[0]).mean()
+    return -grads.mean(0), m_clean, metric(corrupted_logits).mean()
 
 
 # --- circuits ------------------------------------------------------------------------
