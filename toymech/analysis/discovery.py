@@ -153,7 +153,7 @@ def _edge_attribution(cfg, params, clean, corrupted, metric, key_padding_mask, a
 # --- circuits ------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Circuit:
     """A set of kept edges and what it does.
 
@@ -173,8 +173,10 @@ class Circuit:
 
     @property
     def recovered(self) -> float:
-        """(metric - corrupted) / (clean - corrupted): 1 when the circuit does what the model does."""
-        return (self.metric - self.corrupted) / (self.clean - self.corrupted)
+        """(metric - corrupted) / (clean - corrupted): 1 when the circuit does what the model does
+        (NaN when the corruption does not change the metric)."""
+        gap = self.clean - self.corrupted
+        return (self.metric - self.corrupted) / gap if gap != 0 else float("nan")
 
     def figure(self, path: str | os.PathLike, *, title: str | None = None) -> str:
         """Draws the circuit as a layered DAG (PNG at `path`): embeddings at the bottom, one row
@@ -329,7 +331,7 @@ def top_k(cfg: ModelConfig, params: dict, clean, corrupted, metric, scores, k: i
                     f"top-{k} {getattr(scores, 'method', 'scores')}")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class FaithfulnessCurve:
     """metric [n_k] of the top-k circuit for each k of ks [n_k]; recovered [n_k] =
     (metric - corrupted) / (clean - corrupted)."""
