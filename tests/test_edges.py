@@ -134,18 +134,20 @@ def _one_run(cfg, params, clean, corrupted, metric, weights):
     return float(metric(edges.edge_forward(cfg, params, clean, corrupted, weights)).mean())
 
 
-@pytest.mark.parametrize("chunk_size", [None, 1, 7, 10_000])
-def test_edge_patching_equals_one_edge_pass_per_edge(chunk_size):
+@pytest.mark.parametrize("name, chunk_size", [("lnpre_attn_only", None), ("lnpre_attn_only", 1), ("ln_mlp", 7),
+                                              ("no_norm_mlp_bidirectional", 10_000)])
+def test_edge_patching_equals_one_edge_pass_per_edge(name, chunk_size):
     import random_params
-    cfg = CONFIGS["lnpre_attn_only"]
+    cfg = CONFIGS[name]
     params = random_params.random_params(cfg, seed=6)
     clean, corrupted = _pair(cfg, batch=4, seed=7)
     metric = _metric(cfg, clean)
     scores = edges.edge_patching(cfg, params, clean, corrupted, metric, chunk_size=chunk_size)
     n = edges.graph(cfg).n_edges
     base = _one_run(cfg, params, clean, corrupted, metric, np.ones(n))
-    want = [_one_run(cfg, params, clean, corrupted, metric, 1.0 - np.eye(n)[e]) - base for e in range(0, n, 5)]
-    np.testing.assert_allclose(scores.values[::5], want, rtol=1e-4, atol=1e-5)
+    every = list(range(0, n, 5)) + [n - 2, n - 1]  # some edges into each layer, and into the logits
+    want = [_one_run(cfg, params, clean, corrupted, metric, 1.0 - np.eye(n)[e]) - base for e in every]
+    np.testing.assert_allclose(np.asarray(scores.values)[every], want, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(scores.clean, base, rtol=1e-5)
     np.testing.assert_allclose(scores.corrupted, _one_run(cfg, params, clean, corrupted, metric, np.zeros(n)),
                                rtol=1e-4)

@@ -169,9 +169,9 @@ def _as_senders(x: Array) -> Array:
 class _EdgeSites(Sites):
     """Rewrites each receiver's input from its senders' clean and corrupted outputs (see the module docstring)."""
 
-    def __init__(self, g: Graph, weights: Array, corrupted: Array):  # weights [E], corrupted [S, b, p, d]
-        super().__init__(None, ())
-        self.graph, self.weights, self.corrupted = g, weights, corrupted
+    def __init__(self, g: Graph, weights: Array, corrupted: Array, start: _Start | None = None):
+        super().__init__(None, ())  # weights [E], corrupted [S, b, p, d]
+        self.graph, self.weights, self.corrupted, self.start = g, weights, corrupted, start
         self.deltas: list[Array] = []  # clean - corrupted, [n, b, p, d] per sender site
         self.n_seen = 0
 
@@ -182,9 +182,13 @@ class _EdgeSites(Sites):
         return name in self.graph.receiver_sites
 
     def __call__(self, name: str, x: Array) -> Array:
+        if self.start is not None and name == self.start.site:
+            x = self.start.resid  # what came before is the clean run's: dead code from here on
         if name in self.graph.sender_sites:
-            out = _as_senders(x)
-            self.deltas.append(out - self.corrupted[self.n_seen: self.n_seen + out.shape[0]])
+            out, n = _as_senders(x), self.n_seen
+            if self.start is not None and n < self.start.n_senders:
+                out = self.start.senders[n: n + out.shape[0]]
+            self.deltas.append(out - self.corrupted[n: n + out.shape[0]])
             self.n_seen += out.shape[0]
         elif name in self.graph.receiver_sites:
             first, n, per_head = self.graph.receiver_sites[name]
@@ -198,21 +202,55 @@ class _EdgeSites(Sites):
         return x
 
 
+@struct.dataclass
+class _Start:
+    """Where an edge-level pass with every edge upstream of `site` at weight 1 may begin: the
+    clean run's residual stream there, resid [b, p, d], and its first n_senders sender outputs
+    (senders [S, b, p, d]), which are all that is upstream."""
+
+    resid: Array
+    senders: Array
+    site: str = struct.field(pytree_node=False)
+    n_senders: int = struct.field(pytree_node=False)
+
+
+def _starts(cfg: ModelConfig, clean_acts: dict, clean_senders: Array) -> list[_Start]:
+    """One `_Start` per receiver layer (each layer's resid_pre, then the logits' input at the last
+    resid_post), from a clean run's captures (`_start_sites`)."""
+    g = graph(cfg)
+    firsts = [g.receiver_sites[f"blocks.{layer}.hook_q_input"][0] for layer in range(cfg.n_layers)]
+    sites = _start_sites(cfg)
+    n_senders = [int(g.n_upstream[r]) for r in firsts] + [len(g.senders)]
+    return [_Start(clean_acts[site], clean_senders, site, n) for site, n in zip(sites, n_senders)]
+
+
+def _start_sites(cfg: ModelConfig) -> tuple[str, ...]:
+    return tuple(f"blocks.{layer}.hook_resid_pre" for layer in range(cfg.n_layers)) + (
+        f"blocks.{cfg.n_layers - 1}.hook_resid_post",)
+
+
 def sender_run(cfg: ModelConfig, params: dict, tokens, key_padding_mask=None) -> tuple[Array, Array]:
     """A plain run on `tokens`: (logits, every sender's output stacked in `graph(cfg).senders`
     order [S, b, p, d]) (traceable)."""
+    return _sender_run(cfg, params, tokens, key_padding_mask)[:2]
+
+
+def _sender_run(cfg, params, tokens, key_padding_mask, also=()):
+    """`sender_run`, and the activations captured at the sites `also`."""
     sites = graph(cfg).sender_sites
-    logits, acts = apply_unchecked(cfg, params, tokens, capture=sites, key_padding_mask=key_padding_mask)
-    return logits, jnp.concatenate([_as_senders(acts[s]) for s in sites])
+    logits, acts = apply_unchecked(cfg, params, tokens, capture=tuple(dict.fromkeys(sites + also)),
+                                   key_padding_mask=key_padding_mask)
+    return logits, jnp.concatenate([_as_senders(acts[s]) for s in sites]), acts
 
 
 def edge_logits(cfg: ModelConfig, params: dict, tokens, corrupted_senders: Array, weights: Array,
-                key_padding_mask=None) -> Array:
+                key_padding_mask=None, start: _Start | None = None) -> Array:
     """The edge-level forward pass on validated inputs (traceable): logits [b, p, d_vocab_out].
 
-    corrupted_senders: `sender_run`'s senders on the corrupted input [S, b, p, d]; weights [E].
+    corrupted_senders: `sender_run`'s senders on the corrupted input [S, b, p, d]; weights [E];
+    start: begin from the clean run at a layer whose upstream edges are all at weight 1.
     """
-    sites = _EdgeSites(graph(cfg), weights, corrupted_senders)
+    sites = _EdgeSites(graph(cfg), weights, corrupted_senders, start)
     return Transformer(cfg).apply({"params": params}, tokens, sites, key_padding_mask)
 
 
@@ -332,9 +370,9 @@ def prepared(cfg, params, clean, corrupted, metric, key_padding_mask, chunk_size
     return clean, corrupted, metric, sweeps.runs_per_chunk(chunk_size, clean.shape)
 
 
-def metric_of_weights(cfg, params, clean, corrupted_senders, metric, key_padding_mask):
+def metric_of_weights(cfg, params, clean, corrupted_senders, metric, key_padding_mask, start=None):
     """w [E] -> the batch-mean metric of the edge-level pass (traceable)."""
-    return lambda w: metric(edge_logits(cfg, params, clean, corrupted_senders, w, key_padding_mask)).mean()
+    return lambda w: metric(edge_logits(cfg, params, clean, corrupted_senders, w, key_padding_mask, start)).mean()
 
 
 def clean_and_corrupted(cfg, params, clean, corrupted, metric, key_padding_mask):
@@ -360,11 +398,19 @@ def edge_patching(cfg: ModelConfig, params: dict, clean, corrupted, metric, *, k
 
 @functools.partial(jax.jit, static_argnums=(0, 6))
 def _edge_patching(cfg, params, clean, corrupted, metric, key_padding_mask, chunk):
-    senders, m_clean, m_corrupted = clean_and_corrupted(cfg, params, clean, corrupted, metric, key_padding_mask)
-    run = metric_of_weights(cfg, params, clean, senders, metric, key_padding_mask)
-    ones = jnp.ones(graph(cfg).n_edges, senders.dtype)
-    values = sweeps.map_chunked(lambda e: run(ones.at[e].set(0.0)), jnp.arange(graph(cfg).n_edges), chunk)
-    return values - m_clean, m_clean, m_corrupted
+    """The edges into each layer's receivers (then the logits') run from the clean run's residual
+    stream entering that layer, so the layers before it are not computed again."""
+    g = graph(cfg)
+    clean_logits, clean_senders, acts = _sender_run(cfg, params, clean, key_padding_mask, _start_sites(cfg))
+    corrupted_logits, senders = sender_run(cfg, params, corrupted, key_padding_mask)
+    ones = jnp.ones(g.n_edges, senders.dtype)
+    values, bounds = [], [*[g.offset[g.receiver_sites[f"blocks.{l}.hook_q_input"][0]] for l in range(cfg.n_layers)],
+                           g.offset[-1], g.n_edges]
+    for start, lo, hi in zip(_starts(cfg, acts, clean_senders), bounds[:-1], bounds[1:]):
+        run = metric_of_weights(cfg, params, clean, senders, metric, key_padding_mask, start)
+        values.append(sweeps.map_chunked(lambda e: run(ones.at[e].set(0.0)), jnp.arange(lo, hi), chunk))
+    m_clean = metric(clean_logits).mean()
+    return jnp.concatenate(values) - m_clean, m_clean, metric(corrupted_logits).mean()
 
 
 def path_patching(cfg: ModelConfig, params: dict, clean, corrupted, metric, senders: Sequence[str],
