@@ -281,25 +281,29 @@ def _levels(g: edges.Graph) -> list[np.ndarray]:
 
 @functools.partial(jax.jit, static_argnums=(0, 7))
 def _acdc(cfg, params, clean, corrupted, metric, key_padding_mask, tau, chunk):
+    """Each level's runs start from the clean run at its layer: the edges upstream of a level are
+    all still in the circuit when it is visited (pruning goes from the logits backwards)."""
     g = edges.graph(cfg)
-    senders, m_clean, m_corrupted = edges.clean_and_corrupted(cfg, params, clean, corrupted, metric,
-                                                              key_padding_mask)
-    run = edges.metric_of_weights(cfg, params, clean, senders, metric, key_padding_mask)
+    clean_logits, starts = edges.clean_starts(cfg, params, clean, key_padding_mask)
+    corrupted_logits, senders = edges.sender_run(cfg, params, corrupted, key_padding_mask)
+    m_clean = metric(clean_logits).mean()
     w, current = jnp.ones(g.n_edges, senders.dtype), m_clean
     changes = jnp.zeros(g.n_edges, senders.dtype)
-
-    def visit(carry, incoming):  # incoming [s]: the edge indices of one receiver
-        w, current, changes = carry
-        tried = sweeps.map_chunked(lambda e: run(w.at[e].set(0.0)), incoming, chunk)  # [s]
-        change = jnp.abs(tried - current)
-        drop = (change < tau) & (w[incoming] > 0)
-        w = w.at[incoming].set(jnp.where(drop, 0.0, w[incoming]))
-        return (w, run(w), changes.at[incoming].set(change)), None
-
     for level in _levels(g):
+        start = starts[edges.receiver_layer(cfg, g.receivers[level[0]])]
+        run = edges.metric_of_weights(cfg, params, clean, senders, metric, key_padding_mask, start)
+
+        def visit(carry, incoming, run=run):  # incoming [s]: the edge indices of one receiver
+            w, current, changes = carry
+            tried = sweeps.map_chunked(lambda e: run(w.at[e].set(0.0)), incoming, chunk)  # [s]
+            change = jnp.abs(tried - current)
+            drop = (change < tau) & (w[incoming] > 0)
+            w = w.at[incoming].set(jnp.where(drop, 0.0, w[incoming]))
+            return (w, run(w), changes.at[incoming].set(change)), None
+
         incoming = g.offset[level][:, None] + np.arange(g.n_upstream[level[0]])[None]  # [receivers, s]
         (w, current, changes), _ = jax.lax.scan(visit, (w, current, changes), jnp.asarray(incoming))
-    return w, changes, current, m_clean, m_corrupted
+    return w, changes, current, m_clean, metric(corrupted_logits).mean()
 
 
 def _check_scores(cfg: ModelConfig, scores) -> np.ndarray:

@@ -224,6 +224,17 @@ def _starts(cfg: ModelConfig, clean_acts: dict, clean_senders: Array) -> list[_S
     return [_Start(clean_acts[site], clean_senders, site, n) for site, n in zip(sites, n_senders)]
 
 
+def clean_starts(cfg: ModelConfig, params: dict, clean, key_padding_mask=None) -> tuple[Array, list[_Start]]:
+    """A clean run: (its logits, one `_Start` per receiver layer, indexed by `receiver_layer`) (traceable)."""
+    logits, senders, acts = _sender_run(cfg, params, clean, key_padding_mask, _start_sites(cfg))
+    return logits, _starts(cfg, acts, senders)
+
+
+def receiver_layer(cfg: ModelConfig, receiver: str) -> int:
+    """The layer a receiver reads in (n_layers for the logits)."""
+    return cfg.n_layers if receiver == "logits" else int(receiver.split(".")[1])
+
+
 def _start_sites(cfg: ModelConfig) -> tuple[str, ...]:
     return tuple(f"blocks.{layer}.hook_resid_pre" for layer in range(cfg.n_layers)) + (
         f"blocks.{cfg.n_layers - 1}.hook_resid_post",)
@@ -401,12 +412,12 @@ def _edge_patching(cfg, params, clean, corrupted, metric, key_padding_mask, chun
     """The edges into each layer's receivers (then the logits') run from the clean run's residual
     stream entering that layer, so the layers before it are not computed again."""
     g = graph(cfg)
-    clean_logits, clean_senders, acts = _sender_run(cfg, params, clean, key_padding_mask, _start_sites(cfg))
+    clean_logits, starts = clean_starts(cfg, params, clean, key_padding_mask)
     corrupted_logits, senders = sender_run(cfg, params, corrupted, key_padding_mask)
     ones = jnp.ones(g.n_edges, senders.dtype)
     values, bounds = [], [*[g.offset[g.receiver_sites[f"blocks.{l}.hook_q_input"][0]] for l in range(cfg.n_layers)],
                            g.offset[-1], g.n_edges]
-    for start, lo, hi in zip(_starts(cfg, acts, clean_senders), bounds[:-1], bounds[1:]):
+    for start, lo, hi in zip(starts, bounds[:-1], bounds[1:]):
         run = metric_of_weights(cfg, params, clean, senders, metric, key_padding_mask, start)
         values.append(sweeps.map_chunked(lambda e: run(ones.at[e].set(0.0)), jnp.arange(lo, hi), chunk))
     m_clean = metric(clean_logits).mean()
