@@ -400,7 +400,9 @@ def edge_patching(cfg: ModelConfig, params: dict, clean, corrupted, metric, *, k
     chunks of `chunk_size` runs; default: about `sweeps.CHUNK_TOKENS` token positions per chunk).
 
     clean, corrupted: int [batch, pos]; metric: logits -> [batch]. Returns `EdgeScores` with
-    values [n_edges] = metric(edge e corrupted) - metric(clean).
+    values [n_edges] = metric(edge e corrupted) - metric(clean). The runs of the edges into a
+    layer start from the clean run's residual stream entering it (everything upstream of the
+    patched edge is clean), so the layers before it are not recomputed.
     """
     clean, corrupted, metric, chunk = prepared(cfg, params, clean, corrupted, metric, key_padding_mask, chunk_size)
     values, m_clean, m_corrupted = _edge_patching(cfg, params, clean, corrupted, metric, key_padding_mask, chunk)
