@@ -18,7 +18,16 @@ Times, side by side in one run on one machine (a few minutes on a 2-core CPU):
    (p = 113): `tasks.grokking.grokking_progress` (which computes every progress
    measure) vs the notebook's loop of `load_state_dict` + `run_with_cache`
    + the restricted/excluded computation (both losses from one forward pass
-   per checkpoint).
+   per checkpoint);
+5. exact patching of every edge of the sum model (`edges.edge_patching`, the
+   1,000 sequences of item 1 against partners with digit a3 changed, loss on
+   the sum digits), one compiled call, vs a TransformerLens loop of the same
+   edge patches (use_split_qkv_input + use_attn_result, one run_with_hooks per
+   edge adding the sender's corrupted-minus-clean output at the receiver);
+6. EAP over all edges (`discovery.edge_attribution`) against one forward +
+   backward pass of the same loss (jax.grad wrt the params) on the same tokens:
+   "x steady" is then (forward + backward) / EAP, so 1 / it is EAP's cost in
+   forward + backward passes.
 
 Each item is timed by `measure`: toymech's first call (compilation included;
 with a warm persistent cache, --compilation_cache_dir, compilation is a cache
@@ -60,8 +69,8 @@ from absl import app, flags
 import toymech as tm
 import toymech.interop
 from experiments.benchmarking import load_average, machine, matmul_gflops, median_ratio, timed
-from toymech.analysis import linalg, probes, sweeps
-from toymech.tasks import grokking, text_sum
+from toymech.analysis import discovery, edges, linalg, probes, sweeps
+from toymech.tasks import grokking, sum_digits, text_sum
 
 _SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "shared")
 
@@ -74,7 +83,9 @@ _TL_SWEEP_TARGETS = flags.DEFINE_integer(
 _N_CHECKPOINTS = flags.DEFINE_integer("n_checkpoints", 250, "Grokking checkpoints for restricted/excluded loss.")
 _TL_CHECKPOINTS = flags.DEFINE_integer(
     "tl_checkpoints", 25, "Reference progress loop: run this many checkpoints and scale (0 = all).")
-_ITEMS = flags.DEFINE_list("items", ["sweep", "polyfit", "probes", "progress"], "Which items to run.")
+_TL_EDGE_TARGETS = flags.DEFINE_integer(
+    "tl_edge_targets", 0, "Reference edge-patching loop: run this many edges and scale (0 = all).")
+_ITEMS = flags.DEFINE_list("items", ["sweep", "polyfit", "probes", "progress", "edges", "eap"], "Which items to run.")
 _CACHE_DIR = flags.DEFINE_string(
     "compilation_cache_dir", "", "Enable JAX's persistent compilation cache in this folder (run twice: the first "
     "process fills it, the second's first calls show the warm-cache cost); empty: no persistent cache.")
@@ -167,10 +178,10 @@ def measure(item: Item, rounds: int, peak_gflops: float) -> dict:
                 check=item.check(ours, theirs))
 
 
-def _tl_model(cfg, state_dict):
+def _tl_model(cfg, state_dict, **flags):
     import torch
     from transformer_lens import HookedTransformer, HookedTransformerConfig
-    model = HookedTransformer(HookedTransformerConfig(**tm.interop.transformer_lens_config(cfg), device="cpu"))
+    model = HookedTransformer(HookedTransformerConfig(**tm.interop.transformer_lens_config(cfg), device="cpu", **flags))
     model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in state_dict.items()}, strict=False)
     return model.eval()
 
@@ -339,6 +350,63 @@ def bench_progress(n_checkpoints: int, tl_checkpoints: int) -> Item:
                 _torch_threads, check, n_ran, n_checkpoints)
 
 
+# --- 5. exact patching of every edge; 6. EAP against one forward + backward -------
+
+
+def _sum_edge_inputs(shared: str):
+    """The sum model, its 1,000 evaluation sequences, their corrupted partners (digit a3 changed)
+    and the per-example loss on the four sum digits."""
+    path = os.path.join(shared, "models", "arena", "sum_model.pt")
+    cfg, params = tm.interop.load_transformer_lens(path)
+    tokens = np.loadtxt(os.path.join(shared, "fixtures", "arena_sum_eval_1000.txt"), dtype=np.int32)
+    clean, corrupted = sum_digits.corrupt_a_digit(tokens, 2, seed=0)
+    pos = sum_digits.OUTPUT_POSITIONS
+    return path, cfg, params, clean, corrupted, pos, edges.loss_metric(clean[:, pos + 1], pos)
+
+
+def bench_edges(shared: str, tl_targets: int) -> Item:
+    import torch
+    path, cfg, params, clean, corrupted, pos, metric = _sum_edge_inputs(shared)
+    run = lambda: edges.edge_patching(cfg, params, clean, corrupted, metric).values
+
+    model = _tl_model(cfg, torch.load(path, map_location="cpu"), use_split_qkv_input=True, use_attn_result=True)
+    g = edges.graph(cfg)
+    toks, labels = torch.tensor(clean, dtype=torch.long), torch.tensor(clean[:, pos + 1], dtype=torch.long)
+    with torch.inference_mode():
+        base_logits, clean_cache = model.run_with_cache(toks)
+        _, corrupted_cache = model.run_with_cache(torch.tensor(corrupted, dtype=torch.long))
+    loss = lambda logits: -logits[:, pos].log_softmax(-1).gather(-1, labels[..., None]).mean().item()
+    ran = list(range(tl_targets or g.n_edges))
+
+    def tl_edge(e):  # the receiver's input gets the sender's corrupted - clean output
+        sender_site, sender_head, site, head = g.edge_sites(e)
+        delta = corrupted_cache[sender_site] - clean_cache[sender_site]
+        delta = delta if sender_head is None else delta[:, :, sender_head]
+        hook = (lambda x, hook: x + delta) if head is None else (lambda x, hook: x.index_add_(
+            2, torch.tensor([head]), delta[:, :, None]))
+        with torch.inference_mode():
+            return loss(model.run_with_hooks(toks, fwd_hooks=[(site, hook)])) - loss(base_logits)
+
+    check = lambda ours, theirs: {"max_abs_diff_loss": float(np.max(np.abs(
+        np.asarray(ours)[:len(ran)] - np.asarray(theirs))))}
+    return Item("edges", f"exact patching of all {g.n_edges} edges of the sum model, {clean.shape} tokens", run,
+                "TransformerLens split-qkv run_with_hooks loop", lambda: [tl_edge(e) for e in ran],
+                lambda: tl_edge(ran[0]), _torch_threads, check, len(ran), g.n_edges)
+
+
+def bench_eap(shared: str) -> Item:
+    _, cfg, params, clean, corrupted, pos, metric = _sum_edge_inputs(shared)
+    run = lambda: discovery.edge_attribution(cfg, params, clean, corrupted, metric, method="eap").values
+    labels = clean[:, pos + 1]
+    grad = jax.jit(jax.grad(lambda p, t: sweeps.token_losses(tm.apply_unchecked(cfg, p, t)[0], labels, pos).mean()))
+    check = lambda ours, theirs: {"eap_finite": float(np.isfinite(np.asarray(ours)).all()),
+                                  "grad_finite": float(all(np.isfinite(x).all() for x in jax.tree.leaves(theirs)))}
+    forward_backward = lambda: jax.block_until_ready(grad(params, clean))
+    return Item("eap", f"EAP over all {edges.graph(cfg).n_edges} edges, {clean.shape} tokens", run,
+                "toymech forward + backward (jax.grad of the loss)", forward_backward, forward_backward,
+                lambda n: contextlib.nullcontext(), check)
+
+
 # --- main ----------------------------------------------------------------------
 
 
@@ -365,6 +433,8 @@ def main(argv):
         "polyfit": bench_polyfit,
         "probes": bench_probes,
         "progress": lambda: bench_progress(_N_CHECKPOINTS.value, _TL_CHECKPOINTS.value),
+        "edges": lambda: bench_edges(_SHARED_DIR.value, _TL_EDGE_TARGETS.value),
+        "eap": lambda: bench_eap(_SHARED_DIR.value),
     }
     unknown = set(_ITEMS.value) - set(benches)
     if unknown:

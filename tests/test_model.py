@@ -66,14 +66,71 @@ def test_logits_and_every_site_match_transformer_lens(ref, name):
     logits, acts = tm.apply(cfg, params, tokens, capture="all")
     np.testing.assert_allclose(logits, ref.to_numpy(tl_logits), **TOL)
     assert set(acts) == set(tm.site_names(cfg))
-    missing = set(acts) - set(cache.keys())
+    split = _split_sites(cfg)  # TransformerLens has them only with its split-input options
+    missing = set(acts) - set(cache.keys()) - split
     assert not missing, f"toymech sites TransformerLens does not have: {missing}"
+    with torch.no_grad():
+        _, qkv = _tl_split(ref, cfg, model, use_split_qkv_input=True).run_with_cache(torch.tensor(tokens))
+        _, attn_in = _tl_split(ref, cfg, model, use_attn_in=True).run_with_cache(torch.tensor(tokens))
     for site, act in acts.items():
-        np.testing.assert_allclose(act, ref.to_numpy(cache[site]), err_msg=site, **TOL)
+        want = (attn_in if site.endswith("hook_attn_in") else qkv) if site in split else cache
+        assert act.shape == tm.sites.site_shape(cfg, site, *tokens.shape), site
+        np.testing.assert_allclose(act, ref.to_numpy(want[site]), err_msg=site, **TOL)
     if cfg.attention_dir == "causal":  # masked scores hold TransformerLens's IGNORE value
         masked = ~np.tril(np.ones((cfg.n_ctx, cfg.n_ctx), bool))
         ignore = float(model.blocks[0].attn.IGNORE)
         assert np.all(np.asarray(acts[tm.get_act_name("attn_scores", 0)])[..., masked] == ignore)
+
+
+def _split_sites(cfg) -> set:
+    mlp_in = set() if cfg.attn_only else {f"blocks.{l}.hook_mlp_in" for l in range(cfg.n_layers)}
+    return {s for l in range(cfg.n_layers) for s in tm.sites.split_input_sites(l)} | mlp_in
+
+
+def _tl_split(ref, cfg, model, **flags):
+    """A TransformerLens copy of `model` with split-input options (use_attn_in / use_split_qkv_input)."""
+    from transformer_lens import HookedTransformer
+    split = HookedTransformer(ref.tl_config(cfg, use_attn_result=True, use_hook_mlp_in=not cfg.attn_only, **flags))
+    split.load_state_dict(model.state_dict())
+    return split.eval()
+
+
+@pytest.mark.parametrize("name", ["regression_encoder", "lnpre_gelu_new", "grokking"])  # LN, LNPre, no norm
+def test_split_input_edits_match_run_with_hooks(ref, name):
+    import torch
+    cfg = ALL_CONFIGS[name]
+    model = ref.tl_model(cfg, seed=2)
+    params = ref.params_from_tl(model)
+    tokens = _tokens(cfg, seed=3)
+    rng = np.random.default_rng(4)
+    value = rng.normal(size=(3, cfg.n_ctx, cfg.n_heads, cfg.d_model)).astype(np.float32)
+    vector = rng.normal(size=cfg.d_model).astype(np.float32)
+    layer, head = cfg.n_layers - 1, cfg.n_heads - 1
+
+    def patch_head(x, hook):
+        x[:, :, head] = torch.tensor(value[:, :, head])
+        return x
+
+    def add_everywhere(x, hook):
+        return x + torch.tensor(vector)
+
+    b = f"blocks.{layer}"
+    cases = [("use_split_qkv_input", f"{b}.hook_q_input", patch_head, iv.patch(f"{b}.hook_q_input", value, head=-1)),
+             ("use_split_qkv_input", f"{b}.hook_v_input", add_everywhere, iv.add(f"{b}.hook_v_input", vector)),
+             ("use_split_qkv_input", f"blocks.0.hook_k_input", patch_head,
+              iv.patch("blocks.0.hook_k_input", value, head=head)),
+             ("use_attn_in", f"{b}.hook_attn_in", patch_head, iv.patch(f"{b}.hook_attn_in", value, head=head)),
+             ("use_split_qkv_input", f"{b}.hook_mlp_in", add_everywhere, iv.add(f"{b}.hook_mlp_in", vector))]
+    with torch.no_grad():
+        for flag, site, hook_fn, intervention in cases:
+            want = _tl_split(ref, cfg, model, **{flag: True}).run_with_hooks(
+                torch.tensor(tokens), fwd_hooks=[(site, hook_fn)])
+            got, _ = tm.apply(cfg, params, tokens, intervention=intervention)
+            np.testing.assert_allclose(got, ref.to_numpy(want), err_msg=site, **TOL)
+    if cfg.normalization_type:  # ln1 runs per head on edited split inputs: its own sites are refused there
+        with pytest.raises(ValueError, match=r"ln1.hook_scale.*cannot be captured or edited in the same call"):
+            tm.apply(cfg, params, tokens, intervention=iv.patch(f"{b}.hook_q_input", value),
+                     capture=(f"{b}.ln1.hook_scale",))
 
 
 @pytest.mark.parametrize("name", list(STUDY_CONFIGS))

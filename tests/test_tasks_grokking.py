@@ -101,3 +101,14 @@ def test_accuracy_and_final_logits():
     assert gk.final_logits(logits).shape == (2, 3)
     with pytest.raises(ValueError, match="logits must be"):
         gk.final_logits(jnp.zeros((3,)))
+
+
+def test_resample_b_changes_b_only():
+    task = gk.AdditionTask(7)
+    tokens = gk.all_inputs(task)
+    corrupted = gk.resample_b(task, tokens, seed=1)
+    assert (corrupted[:, [0, 2]] == tokens[:, [0, 2]]).all()
+    assert (corrupted[:, 1] != tokens[:, 1]).all() and ((corrupted[:, 1] >= 0) & (corrupted[:, 1] < 7)).all()
+    assert len(set(corrupted[:, 1].tolist())) == 7  # every b is drawn
+    with pytest.raises(ValueError, match=r"a, b in 0..6"):
+        gk.resample_b(task, tokens + 1, seed=0)

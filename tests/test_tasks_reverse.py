@@ -80,3 +80,16 @@ def test_split_metrics_score_each_split():
     np.testing.assert_allclose(got["holdout_accuracy"], ref_correct[~is_train].mean(), rtol=1e-6)
     np.testing.assert_allclose(got["train_loss"], ref_loss[is_train].mean(), rtol=1e-5)
     np.testing.assert_allclose(got["holdout_loss"], ref_loss[~is_train].mean(), rtol=1e-5)
+
+
+def test_resample_position_changes_one_input_and_its_output():
+    sequences = rv.all_sequences()[::97]
+    for position in (0, 3, 7):
+        corrupted = rv.resample_position(sequences, position, seed=position)
+        changed = corrupted != sequences
+        assert changed[:, 1 + position].all() and changed[:, 1 + rv.N_DIGITS + (7 - position)].all()
+        assert changed.sum(1).tolist() == [2] * len(sequences)
+        assert ((corrupted[:, 9:] == (corrupted[:, 8:0:-1] + 1) % 4)).all()  # y = reverse(x) + 1 mod 4, by hand
+    for position in (-1, 8):
+        with pytest.raises(ValueError, match=r"position must be an int in 0..7"):
+            rv.resample_position(sequences, position, seed=0)

@@ -114,3 +114,33 @@ def test_loss_fn_runs_the_model_on_all_14_tokens():
     assert set(extra) == {"accuracy", "sequence_accuracy"}
     grads = jax.jit(jax.grad(lambda p: sd.loss_fn(cfg, p, tokens)[0]))(params)
     assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize("carries", [None, False, True])
+def test_corrupt_a_digit_changes_one_digit_of_a_with_or_without_carries(carries):
+    tokens = sd.make_sequences(400, seed=3)
+    for digit in range(4):
+        clean, corrupted = sd.corrupt_a_digit(tokens, digit, seed=digit, carries=carries)
+        if digit == 0 and carries:  # a1 + b1 < 10 always (a, b < 5000): no carry to change
+            assert clean.shape == corrupted.shape == (0, 14)
+            continue
+        assert clean.shape == corrupted.shape and len(clean) > 300
+        sd.check_sequences(corrupted)  # still valid sums with a, b < 5000
+        changed = clean != corrupted
+        assert changed[:, digit].all() and not changed[:, [p for p in sd.A_POSITIONS if p != digit]].any()
+        assert not changed[:, sd.B_POSITIONS].any()
+        _, b, _ = sd.operands(clean)
+        a2, b2, c2 = sd.operands(corrupted)
+        assert (c2 == a2 + b2).all() and (b2 == b).all()
+        carry_same = (sd.carry_in(clean) == sd.carry_in(corrupted)).all(1)
+        if carries is not None:
+            assert (carry_same != carries).all()
+            if carries is False:  # only that digit's sum digit changes
+                assert not changed[:, [p for i, p in enumerate(sd.TARGET_POSITIONS) if i != digit]].any()
+
+
+def test_corrupt_a_digit_refuses_bad_digits():
+    tokens = sd.make_sequences(10, seed=0)
+    for digit in (-1, 4, 1.0):
+        with pytest.raises(ValueError, match=r"digit must be an int in 0..3"):
+            sd.corrupt_a_digit(tokens, digit, seed=0)

@@ -137,3 +137,19 @@ def test_loss_fn_is_scaled_mse_at_the_last_real_token():
     pred = np.array([out[b, n - 1] for b, n in enumerate(data.mask.sum(1))])
     np.testing.assert_allclose(loss, np.mean((pred - data.z / 2000) ** 2), rtol=1e-5)
     np.testing.assert_allclose(metrics["mae"], np.mean(np.abs(pred * 2000 - data.z)), rtol=1e-4)
+
+
+@pytest.mark.parametrize("operand", ["x", "y"])
+def test_change_operand_keeps_the_length_and_mask(operand):
+    x, y = np.array([0, 7, 12, 99, 345, 1000]), np.array([5, 80, 3, 999, 20, 1])
+    data = ts.make_dataset(x, y, x + y)
+    corrupted = ts.change_operand(data, operand, seed=2)
+    new, old = getattr(corrupted, operand), getattr(data, operand)
+    assert (new != old).all() and [len(str(v)) for v in new] == [len(str(v)) for v in old]
+    assert (corrupted.mask == data.mask).all() and corrupted.tokens.shape == data.tokens.shape
+    other = "y" if operand == "x" else "x"
+    assert (getattr(corrupted, other) == getattr(data, other)).all() and (corrupted.z == corrupted.x + corrupted.y).all()
+    assert [ts.decode(t[m]) for t, m in zip(corrupted.tokens, corrupted.mask)] == [
+        ts.problem_text(a, b) for a, b in zip(corrupted.x, corrupted.y)]
+    with pytest.raises(ValueError, match="operand must be 'x' or 'y'"):
+        ts.change_operand(data, "z", seed=0)

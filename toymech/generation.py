@@ -47,12 +47,12 @@ import numpy as np
 
 from toymech import interventions as iv
 from toymech.config import ModelConfig
-from toymech.model import KVCache, Transformer, _Sites, check_inputs, check_params
+from toymech.model import KVCache, Transformer, Sites, check_inputs, check_params
 from toymech.sites import AXES, site_layout
 
 
-class _ChunkSites(_Sites):
-    """The model's per-call `_Sites` for one chunk of a generation: applies an
+class _ChunkSites(Sites):
+    """The model's per-call `Sites` for one chunk of a generation: applies an
     intervention written for the whole output sequence (n_total positions) to
     the chunk at positions start..: each edited activation is placed at its
     positions in a zero array of the full length, edited there and cut back out,

@@ -11,7 +11,7 @@ forward pass takes two explicit arguments:
 * `intervention`: edits to apply at named sites (`toymech.interventions`);
 * `capture`: the site names whose activations to return.
 
-Both are handled by `_Sites`, a per-call object threaded through the modules:
+Both are handled by `Sites`, a per-call object threaded through the modules:
 each site is one `sites(name, x)` call that applies the edits for `name` and
 records `x` if asked for. Sites that are neither captured nor edited cost
 nothing (under jit they are plain intermediate values), and the one expensive
@@ -51,7 +51,7 @@ from toymech import interventions as iv
 from toymech.cache import ActivationCache
 from toymech.config import ModelConfig
 from toymech.params import flatten_params
-from toymech.sites import check_sites, site_names, site_shape
+from toymech.sites import check_sites, site_names, site_shape, split_input_sites
 
 ACT_FNS = {
     "relu": jax.nn.relu,
@@ -61,8 +61,13 @@ ACT_FNS = {
 }
 
 
-class _Sites:
-    """Applies the intervention and records the captures of one forward pass."""
+class Sites:
+    """Applies the intervention and records the captures of one forward pass.
+
+    A subclass may rewrite sites itself (`toymech.analysis.edges` builds each
+    receiver's input from its senders this way): override `__call__`, and
+    `edited` for the sites whose value it changes.
+    """
 
     def __init__(self, intervention: iv.Intervention | None, capture: tuple[str, ...]):
         self.edits = intervention.edits if intervention is not None else {}
@@ -71,6 +76,11 @@ class _Sites:
 
     def wanted(self, name: str) -> bool:
         return name in self.capture or name in self.edits
+
+    def edited(self, name: str) -> bool:
+        """Whether `name`'s value may differ from what the model computes there
+        (the split-input sites take the per-head path only then)."""
+        return name in self.edits
 
     def __call__(self, name: str, x: jax.Array) -> jax.Array:
         if name in self.edits:
@@ -124,6 +134,16 @@ class _DenseInput:
 
     def project(self, W, b, positions=None):  # W [h, d, e], b [h, e] -> [b, k, h, e]
         return jnp.einsum("bpd,hde->bphe", _at_positions(self.x, positions), W) + b
+
+
+class _HeadInput:
+    """An attention input held per head, x [b, p, h, d] (the split-input sites)."""
+
+    def __init__(self, x: jax.Array):
+        self.x = x
+
+    def project(self, W, b, positions=None):  # W [h, d, e], b [h, e] -> [b, k, h, e]
+        return jnp.einsum("bphd,hde->bphe", _at_positions(self.x, positions), W) + b
 
 
 class _EmbeddingInput:
@@ -180,7 +200,7 @@ class LayerNorm(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, sites: _Sites, prefix: str):  # x [b, p, d]
+    def __call__(self, x, sites: Sites, prefix: str):  # x [b, p, d]
         x = x - x.mean(-1, keepdims=True)
         scale = sites(f"{prefix}.hook_scale", jnp.sqrt((x**2).mean(-1, keepdims=True) + self.cfg.eps))
         x = sites(f"{prefix}.hook_normalized", x / scale)  # [b, p, d]
@@ -193,15 +213,16 @@ class Attention(nn.Module):
     """Multi-head attention with causal and/or key-padding masking.
 
     Queries (and everything after them) are computed at `positions` only (None:
-    all); keys and values at every position. With `kv` (a `KVCache`), the input
-    is a chunk starting at kv.start and the keys and values of the earlier
-    positions come from the cache.
+    all); keys and values at every position. `inp` is one input for all three
+    maps, or a (query, key, value) triple of per-head inputs (split inputs).
+    With `kv` (a `KVCache`), the input is a chunk starting at kv.start and the
+    keys and values of the earlier positions come from the cache.
     """
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, inp, sites: _Sites, prefix: str, key_mask, positions=None, kv: KVCache | None = None):
+    def __call__(self, inp, sites: Sites, prefix: str, key_mask, positions=None, kv: KVCache | None = None):
         # inp: _DenseInput | _EmbeddingInput over [b, p]; key_mask [b, p] | None (with kv: [b, n_total] | None)
         c = self.cfg
         qkv_shape, bias_shape = (c.n_heads, c.d_model, c.d_head), (c.n_heads, c.d_head)
@@ -210,9 +231,10 @@ class Attention(nn.Module):
         b_Q, b_K, b_V = (_bias(self, n, bias_shape) for n in ("b_Q", "b_K", "b_V"))
         b_O = _bias(self, "b_O", (c.d_model,))
 
-        q = sites(f"{prefix}.hook_q", inp.project(W_Q, b_Q, positions))  # [b, q, h, e]
-        k = sites(f"{prefix}.hook_k", inp.project(W_K, b_K))  # [b, k, h, e]
-        v = sites(f"{prefix}.hook_v", inp.project(W_V, b_V))
+        q_in, k_in, v_in = inp if isinstance(inp, tuple) else (inp, inp, inp)
+        q = sites(f"{prefix}.hook_q", q_in.project(W_Q, b_Q, positions))  # [b, q, h, e]
+        k = sites(f"{prefix}.hook_k", k_in.project(W_K, b_K))  # [b, k, h, e]
+        v = sites(f"{prefix}.hook_v", v_in.project(W_V, b_V))
         query_index = _query_index(positions, k.shape[1])  # [1 | b, q]
         if kv is not None:  # the chunk's queries sit at kv.start..; keys and values over the whole buffer
             query_index = query_index + kv.start
@@ -241,7 +263,7 @@ class MLP(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, sites: _Sites, prefix: str):  # x [b, p, d]
+    def __call__(self, x, sites: Sites, prefix: str):  # x [b, p, d]
         c = self.cfg
         W_in, b_in = _weight(self, "W_in", (c.d_model, c.d_mlp)), _bias(self, "b_in", (c.d_mlp,))
         W_out, b_out = _weight(self, "W_out", (c.d_mlp, c.d_model)), _bias(self, "b_out", (c.d_model,))
@@ -256,27 +278,48 @@ class Block(nn.Module):
     With `positions`, everything after the keys and values is computed at those
     positions only and the block returns [b, k, d]. `attn_input` replaces
     ln1(resid) as the attention's input (the first block's `_EmbeddingInput`).
+
+    Split inputs (TransformerLens's use_attn_in / use_split_qkv_input): hook_attn_in
+    is resid_pre copied per head [b, p, h, d], and hook_q_input / hook_k_input /
+    hook_v_input are copies of it, each normalised by ln1 per head. When one of
+    them is edited the attention reads them (ln1's own sites are then not
+    hooked); otherwise they are only formed when captured, as copies.
     """
 
     cfg: ModelConfig
     layer: int
 
     @nn.compact
-    def __call__(self, resid, sites: _Sites, key_mask, positions=None, attn_input=None, kv=None):  # resid [b, p, d]
+    def __call__(self, resid, sites: Sites, key_mask, positions=None, attn_input=None, kv=None):  # resid [b, p, d]
         c, b = self.cfg, f"blocks.{self.layer}"
         norm = (lambda name: LayerNorm(c, name=name)) if c.normalization_type else None
         resid = sites(f"{b}.hook_resid_pre", resid)
-        if attn_input is None:
-            attn_input = _DenseInput(norm("ln1")(resid, sites, f"{b}.ln1") if norm else resid)
+        split = split_input_sites(self.layer)
+        copies = lambda: jnp.broadcast_to(resid[:, :, None], resid.shape[:2] + (c.n_heads, c.d_model))  # [b, p, h, d]
+        if any(sites.edited(name) for name in split):
+            ln1 = norm("ln1") if norm else None
+            attn_in = sites(split[0], copies())
+            per_head = (sites(name, attn_in) for name in split[1:])  # [b, p, h, d] each
+            attn_input = tuple(_HeadInput(ln1(x, _NO_SITES, "") if ln1 else x) for x in per_head)
+        else:
+            for name in split:  # captured only: the copies TransformerLens would hook
+                if sites.wanted(name):
+                    sites(name, copies())
+            if attn_input is None:
+                attn_input = _DenseInput(norm("ln1")(resid, sites, f"{b}.ln1") if norm else resid)
         attn = Attention(c, name="attn")(attn_input, sites, f"{b}.attn", key_mask, positions, kv)
         attn_out = sites(f"{b}.hook_attn_out", attn)  # [b, q, d]
         resid = _at_positions(resid, positions)
         if c.attn_only:
             return sites(f"{b}.hook_resid_post", resid + attn_out)
         resid = sites(f"{b}.hook_resid_mid", resid + attn_out)
-        x = norm("ln2")(resid, sites, f"{b}.ln2") if norm else resid
+        x = sites(f"{b}.hook_mlp_in", resid)
+        x = norm("ln2")(x, sites, f"{b}.ln2") if norm else x
         mlp_out = sites(f"{b}.hook_mlp_out", MLP(c, name="mlp")(x, sites, f"{b}.mlp"))
         return sites(f"{b}.hook_resid_post", resid + mlp_out)
+
+
+_NO_SITES = Sites(None, ())  # a LayerNorm applied per head in the split-input path hooks nothing
 
 
 class Embed(nn.Module):
@@ -320,7 +363,7 @@ class Transformer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens, sites: _Sites, key_mask=None, positions=None, kv: KVCache | None = None):
+    def __call__(self, tokens, sites: Sites, key_mask=None, positions=None, kv: KVCache | None = None):
         c = self.cfg  # tokens int [b, p]
         tokens = sites("hook_tokens", tokens)  # capture only (check_inputs refuses edits)
         W_E = Embed(c, name="embed")()  # [v, d]
@@ -340,7 +383,7 @@ class Transformer(nn.Module):
         return Unembed(c, name="unembed")(sites("unembed.hook_in", resid))  # [b, q, v]
 
 
-def _project_tables(cfg: ModelConfig, sites: _Sites, shape) -> bool:
+def _project_tables(cfg: ModelConfig, sites: Sites, shape) -> bool:
     """Whether the first block projects W_E and W_pos rows instead of tokens: it
     reads the raw embeddings (no LayerNorm, no edit before it), and the tables are
     much smaller than the batch's tokens."""
@@ -361,11 +404,11 @@ def init_params(cfg: ModelConfig, key: jax.Array) -> dict:
 @functools.partial(jax.jit, static_argnums=0)
 def _init_jit(cfg: ModelConfig, key: jax.Array) -> dict:
     tokens = jnp.zeros((1, cfg.n_ctx), jnp.int32)
-    return Transformer(cfg).init(key, tokens, _Sites(None, ()))["params"]
+    return Transformer(cfg).init(key, tokens, Sites(None, ()))["params"]
 
 
 def _forward(cfg, params, tokens, intervention, capture, key_padding_mask, fixed_positions=None, row_positions=None):
-    sites = _Sites(intervention, capture)
+    sites = Sites(intervention, capture)
     positions = fixed_positions if row_positions is None else row_positions
     logits = Transformer(cfg).apply({"params": params}, tokens, sites, key_padding_mask, positions)
     return logits, ActivationCache(cfg, sites.captured)
@@ -386,7 +429,7 @@ def position_restricted_sites(cfg: ModelConfig) -> tuple[str, ...]:
     input stay whole)."""
     b = f"blocks.{cfg.n_layers - 1}"
     whole = {f"{b}.hook_resid_pre", f"{b}.ln1.hook_scale", f"{b}.ln1.hook_normalized", f"{b}.attn.hook_k",
-             f"{b}.attn.hook_v"}
+             f"{b}.attn.hook_v", *split_input_sites(cfg.n_layers - 1)}
     return tuple(n for n in site_names(cfg) if n.startswith((f"{b}.", "ln_final.", "unembed.")) and n not in whole)
 
 
@@ -569,7 +612,22 @@ def _checked(cfg, params, tokens, intervention, capture, key_padding_mask, outpu
     check_params(cfg, params)
     capture = _resolve_capture(cfg, capture)
     positions = _resolve_positions(cfg, output_positions, np.shape(tokens), _used_sites(intervention, capture))
+    _check_split_inputs(cfg, intervention, capture)
     return tokens, capture, positions
+
+
+def _check_split_inputs(cfg: ModelConfig, intervention, capture) -> None:
+    """Refuses ln1's sites in a layer whose split inputs are edited: ln1 then runs
+    per head on each input (TransformerLens hooks it three times there)."""
+    if intervention is None or cfg.normalization_type is None:
+        return
+    for layer in range(cfg.n_layers):
+        edited = sorted(set(split_input_sites(layer)) & set(intervention.sites))
+        ln1 = sorted({f"blocks.{layer}.ln1.hook_scale", f"blocks.{layer}.ln1.hook_normalized"}
+                     & set(_used_sites(intervention, capture)))
+        if edited and ln1:
+            raise ValueError(f"{ln1} cannot be captured or edited in the same call as an edit of {edited}: with "
+                             "edited split inputs ln1 is applied per head to each of them; capture ln1 in another call")
 
 
 def _used_sites(intervention, capture) -> tuple[str, ...]:

@@ -16,8 +16,11 @@ can restrict themselves to positions, heads or features:
                                        the "feature" is the key position
   'tokens'  [batch, pos]               hook_tokens, the input token ids (capture only)
 
-Like TransformerLens's `use_attn_result` / `use_hook_tokens` options,
-`attn.hook_result` and `hook_tokens` cost nothing unless captured (or edited);
+Like TransformerLens's `use_attn_result` / `use_hook_tokens` / `use_attn_in` /
+`use_split_qkv_input` / `use_hook_mlp_in` options, `attn.hook_result`, `hook_tokens`
+and the split-input sites `hook_attn_in`, `hook_q_input`, `hook_k_input`,
+`hook_v_input` ([batch, pos, head, d_model], before ln1) and `hook_mlp_in`
+(before ln2) cost nothing unless captured (or edited);
 `unembed.hook_in` is the final residual stream as the unembedding reads it.
 """
 
@@ -35,10 +38,10 @@ AXES = {
     "tokens": {"pos": 1},
 }
 
-_HEAD_SITES = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result")
+_HEAD_SITES = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result",
+               "hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input")
 _PATTERN_SITES = ("hook_attn_scores", "hook_pattern")
-# Per-head sites whose last axis is d_model (the rest have d_head); the split-input sites of
-# issue 10 are listed so their index checks know their width once they exist.
+# Per-head sites whose last axis is d_model (the rest have d_head).
 _HEAD_RESID_SITES = ("hook_result", "hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input")
 
 
@@ -48,18 +51,24 @@ def _ln_sites(prefix: str, cfg: ModelConfig) -> list[str]:
     return [f"{prefix}.hook_scale", f"{prefix}.hook_normalized"]
 
 
+def split_input_sites(layer: int) -> tuple[str, ...]:
+    """Layer `layer`'s split-input sites: hook_attn_in, then hook_q_input, hook_k_input, hook_v_input."""
+    return tuple(f"blocks.{layer}.hook_{name}" for name in ("attn_in", "q_input", "k_input", "v_input"))
+
+
 def site_names(cfg: ModelConfig) -> tuple[str, ...]:
     """Every site of a model with this config, in forward-pass order."""
     names = ["hook_tokens", "hook_embed", "hook_pos_embed"]
     for layer in range(cfg.n_layers):
         b = f"blocks.{layer}"
         names.append(f"{b}.hook_resid_pre")
+        names += split_input_sites(layer)
         names += _ln_sites(f"{b}.ln1", cfg)
         names += [f"{b}.attn.{h}" for h in ("hook_q", "hook_k", "hook_v")]
         names += [f"{b}.attn.{h}" for h in _PATTERN_SITES]
         names += [f"{b}.attn.hook_z", f"{b}.attn.hook_result", f"{b}.hook_attn_out"]
         if not cfg.attn_only:
-            names.append(f"{b}.hook_resid_mid")
+            names += [f"{b}.hook_resid_mid", f"{b}.hook_mlp_in"]
             names += _ln_sites(f"{b}.ln2", cfg)
             names += [f"{b}.mlp.hook_pre", f"{b}.mlp.hook_post", f"{b}.hook_mlp_out"]
         names.append(f"{b}.hook_resid_post")

@@ -17,7 +17,12 @@ Model-dependent:
   sweeps       ablation (zero / mean / resample) and activation-patching sweeps as one compiled call
   lens         the logit lens per layer and position, next-token losses with TransformerLens's
                return types, token_names (to_str_tokens for a task's vocabulary)
+  edges        the graph of senders and receivers, the edge-level forward pass, exact edge patching,
+               path patching
+  discovery    attribution patching (nodes, EAP, EAP-IG), ACDC, top-k circuits, faithfulness curves,
+               the Circuit result and its DAG figure
 """
 
 from toymech.analysis import fourier, linalg, probes, progress, views
 from toymech.analysis import attribution, circuits, lens, stacked, sweeps
+from toymech.analysis import edges, discovery

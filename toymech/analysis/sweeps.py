@@ -90,7 +90,8 @@ class Metric:
         return self.fn(logits, *self.args)
 
 
-def _positions_and_labels(pos, labels, what: str) -> tuple[Array, Array]:
+def positions_and_labels(pos, labels, what: str) -> tuple[Array, Array]:
+    """Checked positions [n_pos] and int labels [batch, n_pos] ([batch] for one position) of a metric."""
     pos = np.atleast_1d(np.asarray(pos))
     if pos.ndim != 1 or not np.issubdtype(pos.dtype, np.integer):
         raise ValueError(f"{what}: pos must be an int position or 1-D int array of positions, got {pos!r}")
@@ -111,16 +112,17 @@ def _pick(logits, ids):
     return jnp.take_along_axis(logits, ids[..., None], axis=-1, mode="fill", fill_value=jnp.nan)[..., 0]
 
 
-def _token_losses(logits, labels, pos):  # -> [b, n_pos]
+def token_losses(logits, labels, pos):  # -> [b, n_pos]
+    """Cross-entropy of `labels` [b, n_pos] at positions `pos` [n_pos]."""
     return -_pick(jax.nn.log_softmax(logits[:, pos].astype(jnp.float32), axis=-1), labels)
 
 
 def _mean_loss(logits, labels, pos):
-    return _token_losses(logits, labels, pos).mean()
+    return token_losses(logits, labels, pos).mean()
 
 
 def _loss_per_position(logits, labels, pos):
-    return _token_losses(logits, labels, pos).mean(0)
+    return token_losses(logits, labels, pos).mean(0)
 
 
 def _hits(logits, labels, pos):  # -> [b, n_pos]
@@ -143,26 +145,27 @@ def loss_metric(labels, pos, *, per_position: bool = False) -> Metric:
     """Mean cross-entropy of `labels` [batch, n_pos] at positions `pos`
     [n_pos] (e.g. pos = 8..12, labels = tokens[:, 9:13] for next-token loss):
     a scalar, or [n_pos] with per_position."""
-    pos, labels = _positions_and_labels(pos, labels, "loss_metric")
+    pos, labels = positions_and_labels(pos, labels, "loss_metric")
     return Metric(_loss_per_position if per_position else _mean_loss, (labels, pos))
 
 
 def accuracy_metric(labels, pos, *, per_position: bool = False) -> Metric:
     """Fraction of argmax predictions at `pos` [n_pos] equal to `labels`
     [batch, n_pos]: a scalar, or [n_pos] with per_position."""
-    pos, labels = _positions_and_labels(pos, labels, "accuracy_metric")
+    pos, labels = positions_and_labels(pos, labels, "accuracy_metric")
     return Metric(_accuracy_per_position if per_position else _mean_accuracy, (labels, pos))
 
 
 def logit_diff_metric(correct, incorrect, pos) -> Metric:
     """Mean of logit[correct] - logit[incorrect] at positions `pos` [n_pos];
     correct / incorrect int [batch, n_pos] ([batch] for a single position)."""
-    _, correct = _positions_and_labels(pos, correct, "logit_diff_metric (correct)")
-    pos, incorrect = _positions_and_labels(pos, incorrect, "logit_diff_metric (incorrect)")
+    _, correct = positions_and_labels(pos, correct, "logit_diff_metric (correct)")
+    pos, incorrect = positions_and_labels(pos, incorrect, "logit_diff_metric (incorrect)")
     return Metric(_mean_logit_diff, (correct, incorrect, pos))
 
 
-def _as_metric(metric) -> Metric:
+def as_metric(metric) -> Metric:
+    """`metric` as a `Metric` (a plain function becomes one with no array arguments)."""
     if isinstance(metric, Metric):
         return metric
     if not callable(metric):
@@ -181,11 +184,17 @@ def _map_runs(cfg, params, tokens, key_padding_mask, metric, xs, build, chunk_si
         logits, _ = apply_unchecked(cfg, params, tokens, intervention=build(x), key_padding_mask=key_padding_mask)
         return metric(logits)
 
+    return map_chunked(one, xs, chunk_size)
+
+
+def map_chunked(fn, xs, chunk_size: int):
+    """fn(x) for each x along the leading axis of the pytree `xs`, `chunk_size`
+    at a time vmapped and the chunks scanned (traced: call inside jit).  # [n, ...]"""
     n = jax.tree.leaves(xs)[0].shape[0]
     chunk_size = min(chunk_size, n)
     pad = -n % chunk_size  # repeat the last run up to whole chunks: one loop body, no remainder copy
     xs = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]), xs)
-    return jax.lax.map(one, xs, batch_size=chunk_size)[:n]
+    return jax.tree.map(lambda y: y[:n], jax.lax.map(fn, xs, batch_size=chunk_size))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "chunk_size"))
@@ -225,7 +234,7 @@ def _run_site_sweep(cfg, params, tokens, key_padding_mask, metric, masks, values
     return metric(logits), per_layer
 
 
-def _chunk(chunk_size: int | None, tokens_shape) -> int:
+def runs_per_chunk(chunk_size: int | None, tokens_shape) -> int:
     """Runs per vmapped chunk: chunk_size, or by default as many as keep
     about CHUNK_TOKENS token positions in flight (at least 1)."""
     if chunk_size is None:
@@ -241,8 +250,8 @@ def intervention_sweep(cfg: ModelConfig, params: dict, tokens, interventions: iv
     (`interventions.stack`): [n, *metric shape], in one compiled call that
     returns only the metric values."""
     check_inputs(cfg, tokens, interventions, key_padding_mask, check_values=True, batched=True)
-    return _run_interventions(cfg, params, jnp.asarray(tokens), key_padding_mask, _as_metric(metric),
-                              interventions, chunk_size=_chunk(chunk_size, np.shape(tokens)))
+    return _run_interventions(cfg, params, jnp.asarray(tokens), key_padding_mask, as_metric(metric),
+                              interventions, chunk_size=runs_per_chunk(chunk_size, np.shape(tokens)))
 
 
 # --- site sweeps ---------------------------------------------------------------
@@ -311,8 +320,8 @@ def _site_sweep(cfg, params, tokens, metric, site, kind, by_pos, source_tokens, 
                              f"got {np.shape(source_tokens)}")
         _, values = apply(cfg, params, source_tokens, capture=sum(sites, ()),
                           key_padding_mask=source_key_padding_mask)
-    baseline, per_layer = _run_site_sweep(cfg, params, tokens, key_padding_mask, _as_metric(metric), masks, values,
-                                          kind=kind, sites=sites, chunk_size=_chunk(chunk_size, tokens.shape))
+    baseline, per_layer = _run_site_sweep(cfg, params, tokens, key_padding_mask, as_metric(metric), masks, values,
+                                          kind=kind, sites=sites, chunk_size=runs_per_chunk(chunk_size, tokens.shape))
     out = jnp.stack([v.reshape(grid + v.shape[1:]) for v in per_layer], axis=1)  # [site, layer, ...]
     axes = ("site", "layer") + (("head",) if has_head else ()) + (("pos",) if by_pos else ())
     if isinstance(site, str):

@@ -102,6 +102,18 @@ def labels(task: AdditionTask) -> np.ndarray:
     return (s % task.p if task.modular else s).astype(np.int32)
 
 
+def resample_b(task: AdditionTask, tokens: np.ndarray, seed: int) -> np.ndarray:
+    """Corrupted inputs for circuit discovery: b of each `[a, b, =]` row int [n, 3] replaced by
+    another number in 0..p-1 drawn by `default_rng(seed)`.  # int32 [n, 3]"""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2 or tokens.shape[1] != 3 or (tokens[:, :2] >= task.p).any() or (tokens[:, :2] < 0).any():
+        raise ValueError(f"resample_b: tokens must be [a, b, =] rows int [n, 3] with a, b in 0..{task.p - 1}, "
+                         f"got shape {tokens.shape}")
+    out = tokens.astype(np.int32)
+    out[:, 1] = (tokens[:, 1] + np.random.default_rng(seed).integers(1, task.p, len(tokens))) % task.p
+    return out
+
+
 def split_indices(n: int, frac_train: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train rows, test rows): a seeded permutation of range(n) cut at int(n * frac_train)."""
     if not 0.0 < frac_train < 1.0:

@@ -60,6 +60,21 @@ def split(sequences: np.ndarray, n_train: int = N_TRAIN) -> tuple[np.ndarray, np
     return sequences[:n_train], sequences[n_train:]
 
 
+def resample_position(sequences: np.ndarray, position: int, seed: int) -> np.ndarray:
+    """Corrupted inputs for circuit discovery: input x_position (0..7) of each `[BOS, x, y]`
+    sequence int [n, 17] replaced by another symbol drawn by `default_rng(seed)`, the outputs
+    recomputed (so y_{7 - position} changes).  # int32 [n, 17]"""
+    sequences = np.asarray(sequences)
+    if sequences.ndim != 2 or sequences.shape[1] != SEQ_LEN:
+        raise ValueError(f"resample_position: sequences must be [n, {SEQ_LEN}], got shape {sequences.shape}")
+    if isinstance(position, bool) or not isinstance(position, (int, np.integer)) or not 0 <= position < N_DIGITS:
+        raise ValueError(f"resample_position: position must be an int in 0..{N_DIGITS - 1}, got {position!r}")
+    inputs = sequences[:, INPUT_POSITIONS].copy()
+    shift = np.random.default_rng(seed).integers(1, N_SYMBOLS, len(inputs))  # never the same symbol
+    inputs[:, position] = (inputs[:, position] + shift) % N_SYMBOLS
+    return np.concatenate([sequences[:, :1], inputs, outputs(inputs)], axis=1).astype(np.int32)
+
+
 def model_config(*, n_layers: int = 2, d_model: int = 4, n_heads: int = 1, d_head: int = 2,
                  d_mlp: int | None = 16) -> ModelConfig:
     """The study's decoder: ReLU, LayerNorm, causal, d_vocab 5, n_ctx 17."""

@@ -176,6 +176,37 @@ def digit_differs_from_pair_sum(tokens: np.ndarray) -> np.ndarray:
     return tokens[:, TARGET_POSITIONS] != tokens[:, A_POSITIONS] + tokens[:, B_POSITIONS]
 
 
+def corrupt_a_digit(tokens: np.ndarray, digit: int, seed: int, *, carries: bool | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Corrupted inputs for circuit discovery: digit `digit` of a (0 = a1, the most significant,
+    .. 3 = a4) changed to another value drawn by `default_rng(seed)`, the sum recomputed.
+
+    carries: None, any new value; False, only values that leave every carry (`carry_in`) as it
+    was, so only that digit's sum digit changes; True, only values that change a carry. Rows
+    with no such value (or a1 kept below 5) are dropped. Returns (clean rows kept, corrupted),
+    int32 [m, 14] each, row for row.
+    """
+    tokens = check_sequences(tokens, "corrupt_a_digit")
+    if isinstance(digit, bool) or not isinstance(digit, (int, np.integer)) or not 0 <= digit < N_DIGITS:
+        raise ValueError(f"corrupt_a_digit: digit must be an int in 0..{N_DIGITS - 1} (0 = a1), got {digit!r}")
+    a, b, _ = operands(tokens)
+    place = 10 ** (N_DIGITS - 1 - digit)
+    old = (a // place) % 10
+    carry = carry_in(tokens)
+    allowed = []  # [10, n]: may digit become v in row i
+    for v in range(10):
+        new_a = a + (v - old) * place
+        ok = (v != old) & (new_a < MAX_OPERAND)
+        same = (carry_in(sequences_from_operands(np.where(ok, new_a, a), b)) == carry).all(1)
+        allowed.append(ok if carries is None else ok & (same != carries))
+    allowed = np.asarray(allowed).T  # [n, 10]
+    keep = allowed.any(1)
+    pick = np.random.default_rng(seed).random(allowed.shape) * allowed  # a uniform choice among the allowed
+    new = pick.argmax(1)
+    corrupted = sequences_from_operands(a + (new - old) * place * keep, b)
+    return tokens[keep], corrupted[keep]
+
+
 def to_text(tokens: np.ndarray) -> list[str]:
     """'2968+1606=4574' for each sequence of tokens [n, 14]."""
     return ["".join(VOCAB[t] for t in row) for row in np.asarray(tokens)]

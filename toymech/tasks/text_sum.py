@@ -203,6 +203,22 @@ def make_dataset(x: Sequence[int], y: Sequence[int], z: Sequence[int], length: i
     return Dataset(tokens, mask, x, y, z)
 
 
+def change_operand(data: Dataset, operand: str, seed: int) -> Dataset:
+    """Corrupted inputs for circuit discovery: operand `operand` ("x" or "y") of every problem
+    changed to another number with as many digits, drawn by `default_rng(seed)`, and the sum
+    recomputed. Same token length and mask as `data`, so the two pair up position for position."""
+    if operand not in ("x", "y"):
+        raise ValueError(f"change_operand: operand must be 'x' or 'y', got {operand!r}")
+    old = getattr(data, operand)
+    n_digits = np.maximum(1, np.floor(np.log10(np.maximum(old, 1))).astype(int) + 1)
+    low = np.where(n_digits == 1, 0, 10 ** (n_digits - 1))
+    size = 10**n_digits - low  # values with that many digits
+    draw = np.random.default_rng(seed).integers(1, size)  # an offset from the old value, never 0
+    new = low + (old - low + draw) % size
+    x, y = (new, data.y) if operand == "x" else (data.x, new)
+    return make_dataset(x, y, x + y, length=data.tokens.shape[1])
+
+
 def max_length(*x_y_pairs: tuple[Sequence[int], Sequence[int]]) -> int:
     """Length of the longest problem text over several (x, y) operand arrays."""
     return max(len(problem_text(int(np.max(x)), int(np.max(y)))) for x, y in x_y_pairs)
