@@ -1281,6 +1281,17 @@ def _explain_differences(out: dict) -> list[str]:
         f"{acc:.2f} (notebook, whose PC1 was linear: 0.42; largest error here {fab['max_abs_prediction_error']}, "
         f"notebook 3), {verdict}. Keeping PC1 by index leaves {float(pc2['accuracy_after']):.2f}. Every ablation: "
         + "; ".join(f"{k}: {v['accuracy']:.2f}" for k, v in table.items()) + ".")
+    names = list(table)  # ablation_plan's order: keep linear, remove parabola, keep linear + parity, ...
+    no_parabola, lin_parity = table[names[1]]["accuracy"], table[names[2]]["accuracy"]
+    if no_parabola >= 0.9 and lin_parity >= 0.9:
+        lines.append(
+            f"Which second feature the model needs: removing only the parabola PC ({fp['parabola']}) leaves "
+            f"{no_parabola:.2f}, and the linear and parity PCs alone leave {lin_parity:.2f}. So this model does not "
+            f"need the parabola: with the linear feature, parity suffices. The notebook's finding 'PC2 is causally "
+            f"needed' holds here for parity ({fp['parity']}), not for the parabola; the neuron fits agree (below).")
+    elif no_parabola < 0.9:
+        lines.append(f"Which second feature the model needs: removing only the parabola PC ({fp['parabola']}) "
+                     f"leaves {no_parabola:.2f}, so, as in the notebook, the parabola is needed.")
     c = out["correlations"]
     if c["neurons_with_r_above_0.9"] < NOTEBOOK["neurons_with_sum_correlation_above_0.9"] / 2:
         lines.append(
@@ -1297,8 +1308,10 @@ def _explain_differences(out: dict) -> list[str]:
             f"degree-2 terms (which also free lin(a)² + lin(b)² from lin(a)·lin(b)) reach {sym8:.3f} and the full "
             f"degree-2 fit {float(nf['pre_relu_poly2_r2']['mean']):.3f}.")
     by_index = float(nf["pre_relu_poly2_on_pc1_pc2_by_index_r2"]["mean"])
-    lines.append(f"Features of the fits: the degree-2 fit on the linear and parabola PCs has mean R² "
-                 f"{float(nf['pre_relu_poly2_r2']['mean']):.3f}; on PC1 and PC2 by index {by_index:.3f}.")
+    lines.append(f"Features of the fits: the degree-2 fit of the pre-activations on the linear and parabola PCs (the "
+                 f"notebook's features by meaning) has mean R² {float(nf['pre_relu_poly2_r2']['mean']):.3f} "
+                 f"(notebook 0.998); on PC1 and PC2 by index ({', '.join(f for f, pc in fp.items() if pc in ('PC1', 'PC2'))} here) "
+                 f"{by_index:.3f}.")
     w = out["W_L_pca"]
     lines.append(
         f"W_L: its top two PCs hold {float(w['top2_variance_ratio']):.1%} of the variance of all 512 columns "
