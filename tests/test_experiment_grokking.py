@@ -277,7 +277,7 @@ def test_addition_neuron_analyses_against_numpy_and_sklearn(addition):
         pattern[:, :, 2, 2] = 0
         return pattern
     edited, _ = _forward(run.params, tokens, pattern_edit=no_equals)
-    assert a["attention_to_equals"]["accuracy_without_attention_to_equals"] == pytest.approx(
+    assert a["attention_to_equals"]["accuracy_after"] == pytest.approx(
         np.mean(edited.argmax(-1) == target), abs=0.011)
 
     # dead neurons: final count, and the death epochs from the snapshot files

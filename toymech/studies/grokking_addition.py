@@ -604,16 +604,20 @@ def ablation_detail_section(n: dict, g: Grid, abl: EmbeddingAblation, rep: Repor
 # ---------------------------------------------------------------- skip-connection ablation
 
 
+def _before_after(g: Grid, intervention: iv.Intervention) -> dict:
+    """Accuracy and loss at '=' on all inputs without and with `intervention`."""
+    logits, _ = tm.apply(g.cfg, g.params, g.tokens, intervention=intervention)
+    logits = _np(logits[:, -1])
+    y = jnp.asarray(g.target)
+    return {"accuracy_before": float((g.logits.argmax(-1) == g.target).mean()),
+            "accuracy_after": float((logits.argmax(-1) == g.target).mean()),
+            "loss_before": gk.cross_entropy(jnp.asarray(g.logits), y), "loss_after": gk.cross_entropy(jnp.asarray(logits), y)}
+
+
 def skip_ablation_numbers(g: Grid) -> dict:
     """Accuracy and loss with resid_post replaced by the MLP output alone."""
     _, acts = tm.apply(g.cfg, g.params, g.tokens, capture=(MLP_OUT,))
-    skip_logits, _ = tm.apply(g.cfg, g.params, g.tokens, intervention=iv.patch(RESID_POST, acts[MLP_OUT]))
-    skip_logits = _np(skip_logits[:, -1])
-    y = jnp.asarray(g.target)
-    return {"accuracy_before": float((g.logits.argmax(-1) == g.target).mean()),
-            "accuracy_after": float((skip_logits.argmax(-1) == g.target).mean()),
-            "loss_before": gk.cross_entropy(jnp.asarray(g.logits), y),
-            "loss_after": gk.cross_entropy(jnp.asarray(skip_logits), y)}
+    return _before_after(g, iv.patch(RESID_POST, acts[MLP_OUT]))
 
 
 def skip_ablation_section(skip: dict, rep: Report) -> None:
@@ -1037,21 +1041,15 @@ def w_e_svd_section(sv: dict, rep: Report) -> None:
 
 
 def equals_attention_numbers(g: Grid) -> dict:
-    """What the '=' query's attention to '=' itself does: accuracy and loss with that attention
-    removed (each head's weights on a and b renormalised to sum to 1, a real patch of the pattern)."""
+    """What the '=' query's attention to '=' itself does: accuracy and loss before and after that
+    attention is removed (each head's weights on a and b renormalised to sum to 1, a real patch of the pattern)."""
     _, acts = tm.apply(g.cfg, g.params, g.tokens, capture=(PATTERN,))
     pattern = _np(acts[PATTERN])  # [n, h, q, k]
     edited = pattern.copy()
     ab = pattern[:, :, 2, :2]
     edited[:, :, 2, :2] = ab / ab.sum(-1, keepdims=True)
     edited[:, :, 2, 2] = 0.0
-    logits, _ = tm.apply(g.cfg, g.params, g.tokens, intervention=iv.patch(PATTERN, edited))
-    logits = _np(logits[:, -1])
-    y = jnp.asarray(g.target)
-    return {"accuracy_before": float((g.logits.argmax(-1) == g.target).mean()),
-            "accuracy_without_attention_to_equals": float((logits.argmax(-1) == g.target).mean()),
-            "loss_before": gk.cross_entropy(jnp.asarray(g.logits), y),
-            "loss_without_attention_to_equals": gk.cross_entropy(jnp.asarray(logits), y)}
+    return _before_after(g, iv.patch(PATTERN, edited))
 
 
 def dead_neuron_numbers(run, g: Grid) -> dict:
@@ -1100,8 +1098,8 @@ def equals_attention_section(ea: dict, att: dict, rep: Report) -> None:
     sec.text(f"The '=' query gives '=' itself {share} of its attention (heads 0-3; notebook <1%, <1%, ~2%, "
              f"~12%). '=' is the same token at the same position in every input, so what it contributes is one "
              f"fixed value vector scaled by that weight. Removing it (each head's weights on a and b renormalised "
-             f"to 1, a patch of the pattern) gives accuracy {ea['accuracy_without_attention_to_equals']:.2f} "
-             f"(before {ea['accuracy_before']:.2f}) and loss {float(ea['loss_without_attention_to_equals']):.3g} "
+             f"to 1, a patch of the pattern) gives accuracy {ea['accuracy_after']:.2f} "
+             f"(before {ea['accuracy_before']:.2f}) and loss {float(ea['loss_after']):.3g} "
              f"(before {float(ea['loss_before']):.3g}): this run spends more attention on '=', and the numbers "
              f"say how much of its computation rests on that.")
 
