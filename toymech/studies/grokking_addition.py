@@ -723,9 +723,11 @@ def logit_fourier_section(lf: dict, g: Grid, rep: Report) -> None:
 
 
 def _sinusoids(n_out: int) -> dict[str, np.ndarray]:
+    """Low-frequency sinusoids over the logits, and the alternating (-1)^k (a parity readout)."""
     k_idx = np.arange(n_out)
     return {f"{fn} {k}": f(2 * np.pi * k * k_idx / n_out) for k in (1, 2) for fn, f in (("cos", np.cos),
-                                                                                        ("sin", np.sin))}
+                                                                                        ("sin", np.sin))} | {
+        "alternating (-1)^k": (-1.0) ** k_idx}
 
 
 def w_l_pca(g: Grid) -> tuple[np.ndarray, np.ndarray]:
@@ -758,7 +760,7 @@ def w_l_pca_section(w: dict, g: Grid, rep: Report) -> None:
                wl_ratio, title="W_L columns: explained variance")
     sec.figure("W_L_pcs", plots.line_panels,
                "The first four principal components of W_L's columns over the 20 logits, with "
-               "the sinusoid (frequency 1 or 2 of period 20) each is most aligned with.",
+               "the sinusoid (frequency 1 or 2 of period 20, or the alternating (-1)^k) each is most aligned with.",
                np.arange(g.W_L.shape[1]), [{f"PC{i + 1}": wl_comps[i]} for i in range(4)],
                [f"PC{i + 1} ({wl_ratio[i]:.1%}); best |cos| with "
                 f"{max(s, key=s.get)} = {max(s.values()):.2f}" for i, s in enumerate(sims.values())],
@@ -1311,10 +1313,16 @@ def _explain_differences(out: dict) -> list[str]:
                  f"(notebook 0.998); on PC1 and PC2 by index ({', '.join(f for f, pc in fp.items() if pc in ('PC1', 'PC2'))} here) "
                  f"{by_index:.3f}.")
     w = out["W_L_pca"]
+    alt = {pc: float(v["alternating (-1)^k"]) for pc, v in w["abs_cosine_of_pcs_with_sinusoids"].items()}
+    pc_alt = max(alt, key=alt.get)
     lines.append(
         f"W_L: its top two PCs hold {float(w['top2_variance_ratio']):.1%} of the variance of all 512 columns "
         f"(notebook 98.3%) and {float(w['top2_variance_ratio_live_neurons']):.1%} over the "
-        f"{w['live_neurons']} live neurons' columns alone.")
+        f"{w['live_neurons']} live neurons' columns alone, so dead neurons do not explain the gap. {pc_alt} of "
+        f"W_L ({float(w['explained_variance_ratio'][int(pc_alt[2:]) - 1]):.1%} of the variance) has |cos| "
+        f"{alt[pc_alt]:.2f} with the alternating pattern (-1)^k over the logits, the readout of the sum's parity; "
+        f"{int(out['W_L_column_dft']['neurons_peaking_at_frequency'][-1])} live neurons' W_L columns peak at that "
+        f"frequency (index {len(out['W_L_column_dft']['neurons_peaking_at_frequency']) - 1}).")
     lf = out["logit_fits"]
     lines.append(
         "Per-logit fits: the worst-fitted logits are " + ", ".join(
