@@ -275,7 +275,7 @@ def test_shared_findings_compare_facts_not_head_numbers():
             "digits_with_a_corresponding_digit_head": ["c1", "c2", "c3", "c4"],
             "head_mean_ablation_loss_increase": np.array([[0.1, 2.0, 1.5], [0.5, 0.4, 0.3]]),
             "layer0_query_mean_ablation_loss_increase": np.array([0.001, 0.002, 0.0]),
-            "layer1_key_loss_increase_no_carry": np.array([0.001, 0.0, 0.002]),
+            "layer1_key_loss_increase_no_carry": np.array([0.05, 0.0, 0.02]),
             "layer1_key_loss_increase_carry": np.array([0.3, 0.0, 0.1])}
     other = dict(base, head_mean_ablation_loss_increase=np.array([[0.1, 0.2, 0.3], [0.5, 3.0, 0.3]]),
                  layer0_query_mean_ablation_loss_increase=np.array([0.5, 0.0, 0.0]),
@@ -289,7 +289,10 @@ def test_shared_findings_compare_facts_not_head_numbers():
         "every sum digit has a corresponding-digit head": True,
         "most critical head (mean ablation) is in layer": False,  # layer 0 (2.0) vs layer 1 (3.0)
         "layer-0 queries negligible": False,
-        "layer-1 keys negligible without a carry, not with one": True}
+        "layer-1 keys matter mostly with a carry (>= 5x the loss increase without)": True}
+    weak = dict(other, layer1_key_loss_increase_carry=np.array([0.1, 0.0, 0.1]))  # 0.2 < 5 x 0.07
+    assert study.shared_findings(base, weak)[
+        "layer-1 keys matter mostly with a carry (>= 5x the loss increase without)"]["shared"] is False
 
 
 def test_config_variants_and_bad_input(tmp_path):
