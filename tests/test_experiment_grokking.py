@@ -66,6 +66,36 @@ def test_quick_binary_writes_the_whole_workdir(quick_workdir):
     assert set(found.images) == pngs and len(pngs) >= 12  # every figure is in the report, and only those
 
 
+def test_training_curves_and_cluster_control_against_numpy(quick_workdir):
+    """The logits' fit on the key frequencies at the last snapshot, recomputed with numpy from
+    the snapshot file; the restricted / test ratio from the progress measures."""
+    a = json.loads((quick_workdir / "results.json").read_text())["analysis"]
+    tc, prog, keys = a["training_curves"], a["progress"], a["key_frequencies"]
+    assert tc["snapshot_epochs"] == prog["snapshot_epochs"]
+    np.testing.assert_allclose(tc["restricted_over_test_loss"],
+                               np.asarray(prog["restricted_loss"]) / np.asarray(prog["test_loss"]), rtol=1e-5)
+    config = get_config("quick")
+    task = gk.AdditionTask(config.p)
+    cfg = gk.model_config(task, **config.model.to_dict())
+    last = prog["snapshot_epochs"][-1]
+    params = checkpoint.load_pytree(str(quick_workdir / "snapshots" / f"snap_{last:08d}.msgpack"))
+    p = config.p
+    logits, _ = tm.apply(cfg, params, gk.all_inputs(task))
+    L = np.asarray(logits[:, -1], np.float64).reshape(p, p, p)  # [a, b, c]
+    a_, b_, c_ = np.meshgrid(np.arange(p), np.arange(p), np.arange(p), indexing="ij")
+    fit, sims = np.zeros_like(L), []
+    for k in keys:
+        cube = np.cos(2 * np.pi * k * (a_ + b_ - c_) / p)
+        fit += (L * cube).sum() / (cube ** 2).sum() * cube
+        sims.append((L * cube).sum() / np.linalg.norm(cube) / np.linalg.norm(L))
+    assert tc["logit_key_frequency_cosine_similarity"][-1] == pytest.approx(np.sqrt(np.sum(np.square(sims))), rel=1e-3)
+    assert tc["logit_key_frequency_residual_fraction"][-1] == pytest.approx(
+        np.linalg.norm(L - fit) / np.linalg.norm(L), rel=1e-3)
+    cc = a["neuron_cluster_control"]
+    assert cc["model_clustered_neurons"] == a["neuron_clusters"]["clustered_neurons"]
+    assert cc["random_clustered_neurons"] < cc["neurons"] / 10  # Gaussian activations rarely pass the test
+
+
 def test_rerun_resumes_and_a_different_config_is_refused(quick_workdir, tmp_path, capsys):
     config = get_config("quick")
     before = json.loads((quick_workdir / "results.json").read_text())
