@@ -15,7 +15,6 @@ from sklearn.preprocessing import PolynomialFeatures
 
 import toymech as tm
 from toymech import checkpoint, experiment
-from toymech import interventions as iv
 from toymech.report import check_report
 from toymech.studies import grokking, grokking_addition, grokking_modular
 from toymech.analysis import fourier
