@@ -80,6 +80,27 @@ def test_attention_and_embedding_views_match_numpy(quick):
     np.testing.assert_allclose(cr["examples"], cos[:len(cr["examples"])], atol=1e-5)
 
 
+def test_copy_route_against_forward_passes(quick):
+    _, _, results, run = quick
+    cr = results["analysis"]["copy_route"]
+    holdout = run.holdout
+    targets = holdout[:, 9:]
+    flat = {k: np.asarray(v) for k, v in tm.flatten_params(run.params).items()}
+    zeroed = {}
+    for layer in (0, 1):
+        edited = dict(flat, **{f"blocks.{layer}.attn.W_O": np.zeros_like(flat[f"blocks.{layer}.attn.W_O"])})
+        logits, _ = tm.apply(run.cfg, tm.unflatten_params(edited), holdout[:, :-1])
+        zeroed[layer] = float(np.mean(np.asarray(logits)[:, 8:].argmax(-1) == targets))
+        assert cr["holdout_accuracy_with_W_O_zeroed"][layer] == pytest.approx(zeroed[layer], abs=1e-6)
+    assert cr["copying_layer"] == min(zeroed, key=zeroed.get)
+    _, acts = tm.apply(run.cfg, run.params, holdout[:, :-1], capture=("blocks.1.attn.hook_pattern",))
+    pattern = np.asarray(acts["blocks.1.attn.hook_pattern"])[:, 0]  # [n, q, k]
+    mirror = np.stack([pattern[:, 8 + i, 8 - i] for i in range(8)], axis=1)  # y_i copies x_(7-i) at position 8-i
+    assert cr["mean_mirror_weight"][1] == pytest.approx(mirror.mean(), rel=1e-4)
+    most = np.stack([pattern[:, 8 + i].argmax(-1) == 8 - i for i in range(8)], axis=1)
+    assert cr["mirror_is_most_attended"][1] == pytest.approx(most.mean(), abs=1e-6)
+
+
 def test_rerun_resumes_and_the_binary_refuses_another_config(quick, capsys):
     config, path, results, _ = quick
     again = study.train_and_evaluate(config, path)  # finished run: reloaded, not retrained
@@ -97,10 +118,14 @@ def test_seed_sweep_section(quick, tmp_path):
     acc = np.array([[0.5, 0.9, 1.0, 1.0, 1.0], [0.4, 0.6, 0.7, 0.9, 0.99], [0.3, 1.0, 0.9, 1.0, 0.95]])
     wd = experiment.Workdir(tmp_path)
     rep = Report("sweep", directory=wd.path)
-    got = study.seed_sweep_section({"seeds": [3, 4, 5], "epochs": epochs, "holdout_accuracy": acc}, run, rep)
+    got = study.seed_sweep_numbers({"seeds": [3, 4, 5], "epochs": epochs, "holdout_accuracy": acc})
+    study.seed_sweep_section(got, run, rep)
     assert got["first_epoch_holdout_accuracy_100"] == [3, None, 2]
     assert got["fraction_of_seeds_reaching_100"] == pytest.approx(2 / 3)
     np.testing.assert_array_equal(got["final_holdout_accuracy"], [1.0, 0.99, 0.95])
+    np.testing.assert_array_equal(got["best_holdout_accuracy"], [1.0, 0.99, 1.0])
+    np.testing.assert_array_equal(got["epochs_at_100"], [3, 0, 2])
+    assert got["epochs_below_100_after_first_100"] == [[], [], [3, 5]]
     assert check_report(rep.write(wd.report_path)).images == ("figures/seed_sweep.png",)
 
 

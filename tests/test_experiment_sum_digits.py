@@ -242,6 +242,20 @@ def test_train_quick_keeps_the_best_epoch_and_resumes(tmp_path, capsys):
     jax.tree.map(np.testing.assert_array_equal, best, snap)
     ev = study.evaluate(*weights.process_weights(cfg, best), study.evaluation_tokens(config))
     assert results["evaluation"]["mean_cross_entropy"] == pytest.approx(ev["mean_cross_entropy"], rel=1e-5)
+    # per-digit validation accuracy by epoch: its mean is the engine's validation accuracy, and the
+    # best epoch's row is a plain forward pass of that snapshot on the validation sequences
+    vb = results["validation_by_epoch"]
+    np.testing.assert_allclose(np.asarray(vb["accuracy_per_digit"]).mean(1), val, atol=1e-6)
+    val_tokens = sd.make_sequences(config.n_val, config.data_seed + 1)
+    logits, _ = tm.apply(cfg, snap, val_tokens)
+    pred = np.asarray(logits)[:, 9:13].argmax(-1)  # c_i (position 10 + i) is predicted at position 9 + i
+    np.testing.assert_allclose(vb["accuracy_per_digit"][t["best_epoch"] - 1], (pred == val_tokens[:, 10:14]).mean(0),
+                               atol=1e-6)
+    # the challenge checkpoint's head findings are the notebook's corresponding-digit heads
+    chal = results["head_findings"]["challenge_checkpoint"]
+    assert chal["corresponding_digit_heads"] == {"H0.0": ["c1"], "H0.1": ["c1", "c3", "c4"],
+                                                 "H0.2": ["c2", "c3", "c4"]}
+    assert set(results["head_findings"]["shared"]) == set(study.shared_findings(chal, chal))
     check_report(tmp_path / "report.html")
     again = study.train_model(config, experiment.open_workdir(tmp_path, config))  # finished: reloaded, not retrained
     assert "[train] epoch" not in capsys.readouterr().err
@@ -251,6 +265,31 @@ def test_train_quick_keeps_the_best_epoch_and_resumes(tmp_path, capsys):
     changed.optimizer.lr = 1e-2
     with pytest.raises(experiment.ConfigMismatchError, match=r"optimizer.lr: 0.002 -> 0.01"):
         study.train_and_evaluate(changed, str(tmp_path))
+
+
+def test_shared_findings_compare_facts_not_head_numbers():
+    base = {"corresponding_digit_sets": [("c1",), ("c1", "c3", "c4"), ("c2", "c3", "c4")],
+            "digits_with_a_corresponding_digit_head": ["c1", "c2", "c3", "c4"],
+            "head_mean_ablation_loss_increase": np.array([[0.1, 2.0, 1.5], [0.5, 0.4, 0.3]]),
+            "layer0_query_mean_ablation_loss_increase": np.array([0.001, 0.002, 0.0]),
+            "layer1_key_loss_increase_no_carry": np.array([0.05, 0.0, 0.02]),
+            "layer1_key_loss_increase_carry": np.array([0.3, 0.0, 0.1])}
+    other = dict(base, head_mean_ablation_loss_increase=np.array([[0.1, 0.2, 0.3], [0.5, 3.0, 0.3]]),
+                 layer0_query_mean_ablation_loss_increase=np.array([0.5, 0.0, 0.0]),
+                 corresponding_digit_sets=[("c1", "c3", "c4"), ("c1",), ("c2", "c3", "c4")])
+    got = study.shared_findings(base, other)
+    assert got["corresponding-digit heads (digit sets, any head order)"]["shared"] is False  # unsorted != sorted
+    other["corresponding_digit_sets"] = sorted(other["corresponding_digit_sets"])
+    got = study.shared_findings(base, other)
+    assert {k: v["shared"] for k, v in got.items()} == {
+        "corresponding-digit heads (digit sets, any head order)": True,
+        "every sum digit has a corresponding-digit head": True,
+        "most critical head (mean ablation) is in layer": False,  # layer 0 (2.0) vs layer 1 (3.0)
+        "layer-0 queries negligible": False,
+        "layer-1 keys matter mostly with a carry (>= 5x the loss increase without)": True}
+    weak = dict(other, layer1_key_loss_increase_carry=np.array([0.1, 0.0, 0.1]))  # 0.2 < 5 x 0.07
+    assert study.shared_findings(base, weak)[
+        "layer-1 keys matter mostly with a carry (>= 5x the loss increase without)"]["shared"] is False
 
 
 def test_config_variants_and_bad_input(tmp_path):

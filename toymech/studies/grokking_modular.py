@@ -403,6 +403,74 @@ def progress_section(meas: Measures, p: int, nanda: bool, rep: Report):
     return sec
 
 
+# ---------------------------------------------------------------- the demo's curves over training
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "p", "keys"))
+def _periodicity_over_snapshots(cfg, stacked: dict, p: int, keys: tuple[int, ...]):
+    """Total cosine similarity and residual fraction of the logits to their key-frequency fit
+    cos(w_k(a+b-c)), at every snapshot stacked along the leading axis: ([S], [S]). One snapshot at
+    a time (lax.map), so memory stays that of one [p*p, p] logit grid."""
+    def one(params):
+        per = fourier.logit_periodicity(gk.grid_forward(cfg, params, p).logits.reshape(p, p, -1), keys)
+        return jnp.sqrt(jnp.sum(per.cosine_sims ** 2)), per.residual_fraction
+
+    return jax.lax.map(one, stacked)
+
+
+def training_curve_numbers(run, meas: Measures) -> dict:
+    """The demo's curves over the snapshots: the logits' total cosine similarity to, and residual
+    from, their fit on the final model's key frequencies; the restricted / test loss ratio."""
+    cos, resid = _periodicity_over_snapshots(run.cfg, jax.tree.map(jnp.asarray, run.snapshots), run.task.p,
+                                             tuple(meas.key_freqs))
+    m = meas.measures
+    return {"snapshot_epochs": meas.epochs, "logit_key_frequency_cosine_similarity": np.asarray(cos),
+            "logit_key_frequency_residual_fraction": np.asarray(resid),
+            "restricted_over_test_loss": np.asarray(m.restricted_loss) / np.asarray(m.test_loss)}
+
+
+def training_curve_section(tc: dict, meas: Measures, rep: Report) -> None:
+    e = tc["snapshot_epochs"]
+    sec = rep.section("Logits against the key-frequency fit, over training")
+    sec.figure("progress_logit_fit", plots.curves,
+               f"At every snapshot, the logits over all p² inputs against their fit by cos(w_k(a+b−c)) on the "
+               f"final model's key frequencies {list(meas.key_freqs)} (the demo's curves): the total cosine "
+               f"similarity rises and the residual (|logits − fit| / |logits|) falls as the circuit forms.",
+               {"cosine similarity": (e, tc["logit_key_frequency_cosine_similarity"]),
+                "residual fraction": (e, tc["logit_key_frequency_residual_fraction"])},
+               vlines=meas.phases, xlabel="epoch", ylabel="fraction", title="Logits vs the key-frequency fit")
+    sec.figure("progress_restricted_test_ratio", plots.curves,
+               "Restricted loss divided by test loss at every snapshot: far below 1 while the test loss is "
+               "still high means the key-frequency circuit already generalises inside the memorising model.",
+               {"restricted / test loss": (e, tc["restricted_over_test_loss"])}, log_y=True, vlines=meas.phases,
+               xlabel="epoch", ylabel="ratio (log scale)", title="Restricted loss / test loss")
+
+
+def cluster_control_numbers(arr: dict, threshold: float, seed: int = 0) -> dict:
+    """A random-direction control for the neuron clusters: the same frequency-fraction test on
+    Gaussian activations of the final model's shape [p, p, d_mlp] (numpy seed `seed`): how many
+    would cluster, and the mean best fraction, against the model's."""
+    p = int(round(math.sqrt(arr["post"].shape[0])))
+    rand = np.random.default_rng(seed).standard_normal((p, p, arr["post"].shape[1])).astype(np.float32)
+    fr = np.asarray(fourier.neuron_frequency_fractions(jnp.asarray(rand)))  # [p//2, m]
+    _, model_frac, model_in = _clusters(arr, threshold)
+    return {"threshold": threshold, "model_clustered_neurons": int(model_in.sum()),
+            "random_clustered_neurons": int((fr.max(0) >= threshold).sum()),
+            "model_mean_best_fraction": float(model_frac.mean()), "random_mean_best_fraction": float(fr.max(0).mean()),
+            "neurons": int(len(model_in))}
+
+
+def cluster_control_section(cc: dict, rep: Report) -> None:
+    sec = rep.section("Neuron clusters against a random control")
+    sec.key_values({
+        f"neurons with one frequency explaining >= {cc['threshold']} of their variance": (
+            f"model {cc['model_clustered_neurons']} of {cc['neurons']}, random activations "
+            f"{cc['random_clustered_neurons']}"),
+        "mean best single-frequency fraction": f"model {cc['model_mean_best_fraction']:.3f}, random "
+                                              f"{cc['random_mean_best_fraction']:.3f}",
+    }, caption="The cluster test on Gaussian activations of the same shape: what clustering by chance looks like")
+
+
 def _tick_step(p: int) -> int:
     return max(1, p // 24)
 
@@ -420,8 +488,12 @@ def analyze(run, meas: Measures, rep: Report) -> dict:
     w_logit_section(arr, keys, threshold, p, rep)
     out["logit_periodicity"] = periodicity_numbers(arr, keys)
     periodicity_section(out["logit_periodicity"], arr["logits"], p, rep)
+    out["neuron_cluster_control"] = cluster_control_numbers(arr, threshold)
+    cluster_control_section(out["neuron_cluster_control"], rep)
     out["progress"] = progress_numbers(meas)
     sec = progress_section(meas, p, run.config.variant == "nanda", rep)
+    out["training_curves"] = training_curve_numbers(run, meas)
+    training_curve_section(out["training_curves"], meas, rep)
     if run.config.variant == "nanda":
         out["reference_comparison"] = _nanda_comparison(run, meas, keys, sec)
     return out

@@ -143,24 +143,45 @@ def seed_sweep(config, wd: experiment.Workdir) -> dict | None:
             "holdout_accuracy": result.eval_history["holdout_accuracy"]}
 
 
-def seed_sweep_section(sweep: dict, run: TrainedRun, rep: Report) -> dict:
-    """Report section and numbers of a seed sweep (see `seed_sweep`)."""
-    epochs, acc = sweep["epochs"], np.asarray(sweep["holdout_accuracy"])  # [S, E]
+def epochs_below_100_after_first_100(epochs, accuracy) -> list[int]:
+    """The epochs after the first one at 100% accuracy whose accuracy is below 100% again."""
+    first = first_epoch_at_least(epochs, accuracy, 1.0)
+    return [] if first is None else [int(e) for e, v in zip(epochs, accuracy) if e > first and v < 1.0]
+
+
+def seed_sweep_numbers(sweep: dict) -> dict:
+    """The spread of a seed sweep (see `seed_sweep`): per seed the final and best holdout
+    accuracy, the first epoch at 100%, how many epochs were at 100%, and the epochs after the
+    first 100% that fell below it again."""
+    epochs, acc = np.asarray(sweep["epochs"]), np.asarray(sweep["holdout_accuracy"])  # [E], [S, E]
     first = [first_epoch_at_least(epochs, a, 1.0) for a in acc]
+    dips = [epochs_below_100_after_first_100(epochs, a) for a in acc]
+    return {"seeds": list(sweep["seeds"]), "epochs": epochs, "holdout_accuracy": acc,
+            "final_holdout_accuracy": acc[:, -1], "best_holdout_accuracy": acc.max(1),
+            "first_epoch_holdout_accuracy_100": first, "epochs_at_100": (acc >= 1.0).sum(1),
+            "epochs_below_100_after_first_100": dips,
+            "fraction_of_seeds_reaching_100": float(np.mean([e is not None for e in first]))}
+
+
+def seed_sweep_section(numbers: dict, run: TrainedRun, rep: Report) -> None:
+    """Report section of `seed_sweep_numbers`."""
+    epochs, acc, first = numbers["epochs"], numbers["holdout_accuracy"], numbers["first_epoch_holdout_accuracy_100"]
     sec = rep.section("Seeds")
     sec.figure("seed_sweep", plots.curves,
                f"The training recipe run from {len(acc)} seeds at once (train_many, vmapped): "
                "the initialisation decides whether the 4-dimensional model finds the full algorithm.",
-               {f"seed {s}": (epochs, a) for s, a in zip(sweep["seeds"], acc)},
+               {f"seed {s}": (epochs, a) for s, a in zip(numbers["seeds"], acc)},
                title="Holdout accuracy of the same recipe from different seeds", xlabel="epoch",
                ylabel="holdout accuracy", highlight=(f"seed {int(run.config.seed)}",),
                vlines={"notebook: 100% from here": NOTEBOOK["first_epoch_holdout_accuracy_100"]})
-    sec.table(["seed", "final holdout accuracy", "best holdout accuracy", "first epoch at 100%"],
-              [[s, float(a[-1]), float(a.max()), e] for s, a, e in zip(sweep["seeds"], acc, first)],
+    sec.text(f"{numbers['fraction_of_seeds_reaching_100']:.0%} of the seeds reach 100% holdout accuracy within "
+             f"{int(epochs[-1])} epochs.")
+    sec.table(["seed", "final holdout accuracy", "best holdout accuracy", "first epoch at 100%", "epochs at 100%",
+               "later epochs below 100%"],
+              [[s, float(f), float(b), e, int(n), ", ".join(map(str, d)) or "none"] for s, f, b, e, n, d in zip(
+                  numbers["seeds"], numbers["final_holdout_accuracy"], numbers["best_holdout_accuracy"], first,
+                  numbers["epochs_at_100"], numbers["epochs_below_100_after_first_100"])],
               caption="Holdout accuracy per seed (the notebook's run: 100% from epoch 19)")
-    return {"seeds": sweep["seeds"], "holdout_accuracy": acc, "final_holdout_accuracy": acc[:, -1],
-            "first_epoch_holdout_accuracy_100": first,
-            "fraction_of_seeds_reaching_100": float(np.mean([e is not None for e in first]))}
 
 
 # metrics.jsonl: one row per epoch, as the notebook prints: loss, lr, train and holdout accuracy.
@@ -245,6 +266,8 @@ def training_summary(run: TrainedRun) -> dict:
         "first_epoch_holdout_accuracy_100": first_epoch_at_least(eh["epoch"], eh["holdout_accuracy"], 1.0),
         "first_epoch_holdout_accuracy_99": first_epoch_at_least(eh["epoch"], eh["holdout_accuracy"], 0.99),
         "epochs_at_100_holdout": int((eh["holdout_accuracy"] >= 1.0).sum()),
+        "epochs_below_100_holdout_after_first_100": epochs_below_100_after_first_100(eh["epoch"],
+                                                                                     eh["holdout_accuracy"]),
         "peak_lr": float(th["lr"].max()),
     }
 
@@ -278,6 +301,7 @@ def training_section(run: TrainedRun, summary: dict, rep: Report) -> None:
         "train / holdout sequences": f"{summary['n_train']} / {summary['n_holdout']}",
         "first epoch with 100% holdout accuracy (notebook 19)": summary["first_epoch_holdout_accuracy_100"],
         "epochs at 100% holdout accuracy": f"{summary['epochs_at_100_holdout']} of {summary['epochs_trained']}",
+        "later epochs below 100%": ", ".join(map(str, summary["epochs_below_100_holdout_after_first_100"])) or "none",
         "first epoch with >= 99% holdout accuracy": summary["first_epoch_holdout_accuracy_99"],
         "final train / holdout accuracy": f"{summary['final_train_accuracy']:.4%} / "
                                           f"{summary['final_holdout_accuracy']:.4%}",
@@ -320,6 +344,41 @@ def ablation_section(ab: dict, rep: Report) -> None:
     sec.table(["zeroed weight", "holdout accuracy (toymech)", "notebook"],
               [[n, float(a), NOTEBOOK["ablated_holdout_accuracy"].get(n, "—") if n != "none" else 1.0]
                for n, a in zip(names, overall)], caption="Weight ablations")
+
+
+def copy_route_numbers(ab: dict, att: dict) -> dict:
+    """Which attention layer carries the copy of the mirrored input: holdout accuracy with each
+    layer's W_O zeroed (from `ablation_numbers`) beside each layer's mean attention weight on the
+    mirrored input and how often it is the most-attended key (from `attention_numbers`), per
+    layer; 'copying_layer' is the layer whose W_O zeroed costs the most accuracy."""
+    acc = dict(zip(ab["names"], ab["holdout_accuracy"]))
+    layers = sorted(int(k.split("_")[1]) for k in att)
+    zeroed = {layer: float(acc[f"blocks.{layer}.attn.W_O"]) for layer in layers}
+    return {"holdout_accuracy_with_W_O_zeroed": zeroed,
+            "mean_mirror_weight": {layer: float(att[f"layer_{layer}"]["mirror_weight"][0].mean()) for layer in layers},
+            "mirror_is_most_attended": {layer: float(att[f"layer_{layer}"]["mirror_is_argmax"][0].mean())
+                                        for layer in layers},
+            "copying_layer": min(zeroed, key=zeroed.get),
+            "notebook_layer_0_W_O_zeroed": NOTEBOOK["ablated_holdout_accuracy"]["blocks.0.attn.W_O"]}
+
+
+def copy_route_section(cr: dict, rep: Report) -> None:
+    zeroed, mirror, top = cr["holdout_accuracy_with_W_O_zeroed"], cr["mean_mirror_weight"], cr["mirror_is_most_attended"]
+    layer = cr["copying_layer"]
+    sec = rep.section("Which layer copies the mirrored input")
+    sec.text(f"The notebook's model needs layer-0 attention: zeroing its W_O leaves {cr['notebook_layer_0_W_O_zeroed']:.1%} "
+             f"holdout accuracy. In this model zeroing layer-0 W_O leaves {zeroed[0]:.1%} and zeroing layer-1 W_O "
+             f"{zeroed[1]:.1%}, so the copy runs mostly through layer {layer}: the same task, a different circuit. "
+             f"The attention agrees: on average layer 0 puts {mirror[0]:.1%} of an output's attention on the input "
+             f"it copies (most-attended for {top[0]:.0%} of outputs), layer 1 {mirror[1]:.1%} "
+             f"({top[1]:.0%}). Which layer a 4-dimensional model uses is decided by its initialisation (see Seeds, "
+             f"where the run has several); the notebook's layer-0 ablation therefore tests a different component "
+             f"here, and the layer-1 ablation is its counterpart.")
+    sec.table(["layer", "holdout accuracy, attention W_O zeroed", "notebook", "mean weight on the mirrored input",
+               "mirrored input most attended"],
+              [[f"layer {lay}", zeroed[lay], cr["notebook_layer_0_W_O_zeroed"] if lay == 0 else "not ablated",
+                mirror[lay], top[lay]] for lay in zeroed],
+              caption="The copying circuit: ablation and attention side by side")
 
 
 def final_resid_numbers(run: TrainedRun, pred: np.ndarray, acts: dict) -> dict:
@@ -455,6 +514,8 @@ def analyze(run: TrainedRun, rep: Report) -> dict:
     final_resid_section(out["final_resid_cosine"], run.holdout[:, 1 + rv.N_DIGITS:], rep)
     out["attention"] = attention_numbers(run, acts)
     attention_section(out["attention"], acts, _n_show(run), rep)
+    out["copy_route"] = copy_route_numbers(out["weight_ablations"], out["attention"])
+    copy_route_section(out["copy_route"], rep)
     out["mlp0"] = mlp0_numbers(run, acts)
     mlp0_section(out["mlp0"], rep)
     out["autoregressive"] = autoregressive_numbers(run, pred)
@@ -479,6 +540,7 @@ def train_and_evaluate(config, workdir) -> dict:
     results["analysis"] = analyze(run, rep)
     sweep = seed_sweep(config, wd)
     if sweep is not None:
-        results["seed_sweep"] = seed_sweep_section(sweep, run, rep)
+        results["seed_sweep"] = seed_sweep_numbers(sweep)
+        seed_sweep_section(results["seed_sweep"], run, rep)
     results["notebook"] = NOTEBOOK
     return common.finish("reverse", config, wd, rep, results, t0, nonfinite)

@@ -13,6 +13,10 @@
      checkpoints and resume, a parameter snapshot every epoch); the epoch with
      the best validation accuracy is kept (the first one, on ties) and saved
      as workdir/best_params.msgpack; metrics.jsonl gets one row per epoch;
+     the validation accuracy of each sum digit is measured after every epoch
+     (from the snapshots), and the head-level findings are set beside the
+     challenge checkpoint's (`head_findings`, `shared_findings`), so mode
+     'train' reads `config.checkpoint` too;
 3. processes the weights as the notebook does (`toymech.weights.process_weights`:
    fold LayerNorm, centre writing weights, centre the unembedding, fold value
    biases), which keeps every log-probability;
@@ -79,7 +83,7 @@ def resolve_path(config, field: str) -> Path:
 
 def data_files(config) -> dict[str, Path]:
     """The user files the run reads ({config field: path}), fingerprinted in the workdir."""
-    fields = ("eval_fixture", "checkpoint") if config.mode == "load" else ("eval_fixture",)
+    fields = ("eval_fixture", "checkpoint") if config.mode == "load" else ("eval_fixture",)  # 'train' compares only
     return {field: resolve_path(config, field) for field in fields}
 
 
@@ -142,7 +146,9 @@ class TrainedRun:
     params: the parameters after `best_epoch` (best validation accuracy);
     train_history: per epoch ('epoch', 'loss', 'accuracy', 'sequence_accuracy',
     'lr'); eval_history: per epoch ('epoch', 'loss', 'accuracy',
-    'sequence_accuracy') on the validation sequences.
+    'sequence_accuracy') on the validation sequences val_tokens [n_val, 14];
+    snapshots: the parameters after every epoch, stacked [E, ...], at
+    snapshot_epochs int [E].
     """
 
     cfg: ModelConfig
@@ -154,6 +160,9 @@ class TrainedRun:
     epochs_this_process: int
     n_train: int
     n_val: int
+    val_tokens: np.ndarray
+    snapshots: dict
+    snapshot_epochs: np.ndarray
 
 
 def train_model(config, wd: experiment.Workdir) -> TrainedRun:
@@ -176,7 +185,8 @@ def train_model(config, wd: experiment.Workdir) -> TrainedRun:
     params = jax.tree.map(lambda x: x[index], result.snapshots)
     checkpoint.save_pytree(str(wd.path / "best_params.msgpack"), params, {"epoch": best})
     return TrainedRun(cfg, params, best, result.train_history, eh, seconds,
-                      int(config.num_epochs) - done, len(train_tokens), len(val_tokens))
+                      int(config.num_epochs) - done, len(train_tokens), len(val_tokens), val_tokens,
+                      result.snapshots, result.snapshot_epochs)
 
 
 # metrics.jsonl: one row per epoch: training loss/accuracies (epoch means over batches), lr, validation after it.
@@ -244,6 +254,114 @@ def training_section(run: TrainedRun, summary: dict, rep: Report) -> None:
                  f"({summary['seconds_per_epoch_this_process']:.1f} s per epoch, compilation included).")
 
 
+def validation_by_epoch(run: TrainedRun) -> dict:
+    """Validation accuracy of each sum digit c1..c4 after every epoch (from the per-epoch
+    parameter snapshots): 'epochs' [E], 'accuracy_per_digit' [E, 4], and the first epoch at
+    which each digit's accuracy reaches VAL_ACCURACY_LEVEL (None if never)."""
+    tokens = jax.numpy.asarray(run.val_tokens)
+    acc = []
+    for i in range(len(run.snapshot_epochs)):
+        logits, _ = tm.apply(run.cfg, jax.tree.map(lambda x, i=i: x[i], run.snapshots), tokens,
+                             output_positions=tuple(sd.OUTPUT_POSITIONS.tolist()))  # [n, 4, v]
+        acc.append(np.asarray(sd.token_losses(logits, tokens)[1]).mean(0))
+    acc = np.stack(acc)  # [E, 4]
+    epochs = np.asarray(run.snapshot_epochs)
+    return {"epochs": epochs, "accuracy_per_digit": acc,
+            f"first_epoch_at_{VAL_ACCURACY_LEVEL}_per_digit": [first_epoch_at_least(epochs, acc[:, d],
+                                                                                    VAL_ACCURACY_LEVEL)
+                                                               for d in range(acc.shape[1])]}
+
+
+def validation_by_epoch_section(vb: dict, rep: Report) -> None:
+    epochs, acc = vb["epochs"], vb["accuracy_per_digit"]
+    ref = REFERENCE_TRAINING
+    sec = rep.section("Validation accuracy per digit, by epoch")
+    sec.figure("val_accuracy_per_digit", plots.curves,
+               f"Validation accuracy of each sum digit after every epoch (the challenge: per-digit accuracy "
+               f"{VAL_ACCURACY_LEVEL} by epoch {ref['first_epoch_val_accuracy_0.999']}, "
+               f"{ref['best_val_accuracy']} at its best epoch {ref['best_epoch']}).",
+               {c: (epochs, acc[:, i]) for i, c in enumerate(analysis.OUT_LABELS)},
+               title="Validation accuracy per sum digit", xlabel="epoch", ylabel="accuracy", markers=True)
+    shown = sorted({int(e) for e in (1, 5, 10, 20, ref["first_epoch_val_accuracy_0.999"], 50, ref["best_epoch"],
+                                     epochs[-1]) if e <= epochs[-1]})
+    rows = [[e] + [float(v) for v in acc[int(np.flatnonzero(epochs == e)[0])]] for e in shown]
+    rows.append([f"first epoch >= {VAL_ACCURACY_LEVEL}"] + [
+        "never" if v is None else v for v in vb[f"first_epoch_at_{VAL_ACCURACY_LEVEL}_per_digit"]])
+    sec.table(["epoch", *analysis.OUT_LABELS], rows, caption="Validation accuracy per sum digit at chosen epochs")
+
+
+# Head findings of the challenge's checkpoint that a model trained here may share (analysis.NOTEBOOK_FINDINGS).
+NEGLIGIBLE_LOSS_INCREASE = 0.01  # a mean ablation raising the loss by less than this "does not change the loss"
+CARRY_RATIO = 5.0  # layer-1 keys "handle carries" when ablating them costs >= this x more with a carry than without
+
+
+def head_findings(cfg: ModelConfig, params: dict, tokens: np.ndarray, an) -> dict:
+    """The head-level findings of a processed model on tokens [n, 14], in a form two models
+    can be compared by (heads may be numbered differently): the layer-0 corresponding-digit
+    heads and the sets of digits they cover; the loss increase when mean-ablating each head
+    [n_layers, n_heads], the layer-0 queries [n_heads], and the layer-1 keys on the sequences with
+    and without a carry [n_heads] each."""
+    tokens = np.asarray(tokens)
+    _, acts = tm.apply(cfg, params, tokens, capture=analysis.capture_sites(cfg))
+    carry = sd.carry_in(tokens)
+    qk = analysis.layer0_qk(cfg, params, acts, float(an.corresponding_digit_threshold))
+    heads = analysis.summarize_ablation(*analysis.ablation_scores(cfg, params, tokens, site="z", kind="mean"), carry)
+    qkv = analysis.summarize_ablation(*analysis.ablation_scores(cfg, params, tokens, site=analysis.QKV, kind="mean"),
+                                      carry)
+    subsets = analysis.qkv_on_subsets(cfg, params, tokens, carry)
+    cd = qk["corresponding_digit_heads"]
+    k1 = lambda name: (subsets[name][1, 1] if subsets[name] is not None else np.full(cfg.n_heads, np.nan))
+    return {"corresponding_digit_heads": cd,
+            "corresponding_digit_sets": sorted(tuple(d) for d in cd.values()),
+            "digits_with_a_corresponding_digit_head": sorted(set().union(*map(set, cd.values()))),
+            "head_mean_ablation_loss_increase": heads["loss_increase"],
+            "layer0_query_mean_ablation_loss_increase": qkv["loss_increase"][0, 0],
+            "layer1_key_loss_increase_no_carry": k1("no carry"), "layer1_key_loss_increase_carry": k1("carry")}
+
+
+def shared_findings(ours: dict, challenge: dict) -> dict:
+    """{finding: {'ours', 'challenge', 'shared'}} over two `head_findings`: the same
+    corresponding-digit digit sets (any head order), every sum digit covered by one, the most
+    critical head in the same layer, layer-0 queries negligible (NEGLIGIBLE_LOSS_INCREASE), and
+    the layer-1 keys mattering mostly on carry sequences (summed over heads, CARRY_RATIO)."""
+    def facts(f):
+        inc = np.asarray(f["head_mean_ablation_loss_increase"])
+        no_carry, with_carry = (np.nansum(f[k]) for k in ("layer1_key_loss_increase_no_carry",
+                                                          "layer1_key_loss_increase_carry"))
+        return {
+            "corresponding-digit heads (digit sets, any head order)": f["corresponding_digit_sets"],
+            "every sum digit has a corresponding-digit head": (f["digits_with_a_corresponding_digit_head"]
+                                                               == list(analysis.OUT_LABELS)),
+            "most critical head (mean ablation) is in layer": int(np.unravel_index(np.argmax(inc), inc.shape)[0]),
+            "layer-0 queries negligible": bool(np.max(f["layer0_query_mean_ablation_loss_increase"])
+                                               < NEGLIGIBLE_LOSS_INCREASE),
+            f"layer-1 keys matter mostly with a carry (>= {CARRY_RATIO:g}x the loss increase without)": bool(
+                with_carry >= CARRY_RATIO * no_carry),
+        }
+    a, b = facts(ours), facts(challenge)
+    return {k: {"ours": a[k], "challenge": b[k], "shared": a[k] == b[k]} for k in a}
+
+
+def shared_findings_section(sf: dict, ours: dict, challenge: dict, rep: Report) -> None:
+    sec = rep.section("Head findings shared with the challenge's checkpoint")
+    shared = [k for k, v in sf.items() if v["shared"]]
+    sec.text(f"The same head-level measurements on the model trained here and on the challenge's checkpoint (both "
+             f"processed, on the same evaluation sequences). Shared: {'; '.join(shared) or 'none'}. Not shared: "
+             f"{'; '.join(k for k in sf if k not in shared) or 'none'}. Corresponding-digit heads here: "
+             + "; ".join(f"{h}: {', '.join(d) or 'none'}" for h, d in ours["corresponding_digit_heads"].items())
+             + "; the checkpoint's: " + "; ".join(f"{h}: {', '.join(d) or 'none'}"
+                                                 for h, d in challenge["corresponding_digit_heads"].items()) + ".")
+    fmt = lambda v: ", ".join("".join(t) for t in v) if isinstance(v, list) else str(v)
+    sec.table(["finding", "trained here", "challenge's checkpoint", "shared"],
+              [[k, fmt(v["ours"]), fmt(v["challenge"]), "yes" if v["shared"] else "no"] for k, v in sf.items()],
+              caption=f"Negligible: a loss increase below {NEGLIGIBLE_LOSS_INCREASE}. Mean-ablation loss increase of "
+                      f"the layer-1 keys (H1.0-2) without / with a carry: trained here "
+                      f"{analysis._fmt(ours['layer1_key_loss_increase_no_carry'])} / "
+                      f"{analysis._fmt(ours['layer1_key_loss_increase_carry'])}, the checkpoint "
+                      f"{analysis._fmt(challenge['layer1_key_loss_increase_no_carry'])} / "
+                      f"{analysis._fmt(challenge['layer1_key_loss_increase_carry'])}")
+
+
 # --------------------------------------------------------------------------- evaluation and report
 
 
@@ -275,12 +393,14 @@ def train_and_evaluate(config, workdir) -> dict:
     if config.mode not in MODES:
         raise ValueError(f"config.mode must be one of {MODES}, got {config.mode!r}")
     tokens = evaluation_tokens(config)
-    loaded = load_model(config) if config.mode == "load" else None  # inputs validate before config.json is written
+    # The challenge's checkpoint: the model in mode 'load', the comparison in mode 'train' (inputs validate
+    # before config.json is written).
+    challenge = load_model(config)
     wd = common.open_workdir(workdir, config, "sum_digits", data_files=data_files(config))
     results: dict[str, Any] = {"variant": config.variant, "mode": config.mode}
     run, nonfinite = None, None
-    if loaded is not None:
-        cfg, params = loaded
+    if config.mode == "load":
+        cfg, params = challenge
         source = f"the challenge's checkpoint ({Path(config.checkpoint).name})"
     else:
         run = train_model(config, wd)
@@ -297,6 +417,13 @@ def train_and_evaluate(config, workdir) -> dict:
     if run is not None:
         results["training"] = training_summary(run)
         training_section(run, results["training"], rep)
+        results["validation_by_epoch"] = validation_by_epoch(run)
+        validation_by_epoch_section(results["validation_by_epoch"], rep)
+        ccfg, cparams = weights.process_weights(*challenge)
+        ours, chal = (head_findings(c, p, tokens, config.analysis) for c, p in ((pcfg, pparams), (ccfg, cparams)))
+        results["head_findings"] = {"trained_here": ours, "challenge_checkpoint": chal,
+                                    "shared": shared_findings(ours, chal)}
+        shared_findings_section(results["head_findings"]["shared"], ours, chal, rep)
     results["analysis"] = analysis.analyze(pcfg, pparams, tokens, config.analysis, rep)
     common.attention_section(rep, pcfg, pparams, tokens, sd.VOCAB, "evaluation sequences", names=sd.to_text(tokens))
     return common.finish("sum_digits", config, wd, rep, results, t0, nonfinite)
