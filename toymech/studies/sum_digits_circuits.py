@@ -118,8 +118,10 @@ def circuits_section(found: dict[str, common.FoundCircuit], agreement: dict, rep
         else:
             lines.append(f"{name}: agree exactly ({_heads(a['both'])}).")
     n_agree = sum(not (a["circuit_only"] or a["report_only"]) for a in agreement.values())
+    n_covered = sum(not a["report_only"] for a in agreement.values())
     sec.text(f"The circuits' layer-0 heads match the report's head findings exactly for {n_agree} of "
-             f"{len(agreement)} circuits. " + " ".join(lines))
+             f"{len(agreement)} circuits, and include every head the report identifies for {n_covered} of them. "
+             + " ".join(lines))
     for name, f in found.items():
         common.circuit_figures(sec, "circuit_" + name.replace(" ", "_"), f, f"{name} (KL on {name.split()[0]})")
     return {name: f.numbers() | {"layer0_heads": agreement[name]} for name, f in found.items()}
