@@ -9,7 +9,8 @@ while ~16 processes shared the 2 cores). On the challenge's 1,000 evaluation seq
 the processed model gives mean cross-entropy 0.007 and probability 0.993 / 0.996 /
 0.759 (mean / median / min) on the correct digit, exactly the challenge's numbers,
 which the report sets beside them; then W_U's circle of digits, the ablations,
-QK/OV circuits, DLA and the carry splits (/tmp/sum_digits/report.html).
+QK/OV circuits, DLA, the carry splits and the edge circuit of each sum digit
+(/tmp/sum_digits/report.html; the circuits, on 256 pairs of their own, add about a minute).
 
 Variants (`--config=configs/sum_digits.py:VARIANT[,VARIANT...][,field=value...]`, applied
 left to right, e.g. `:train,quick` or `:train,seed=3`):
@@ -54,7 +55,8 @@ left to right, e.g. `:train,quick` or `:train,seed=3`):
                1.39/1.23/0.89 with one here, 0.08/0.19/0.08 and 3.31/4.82/3.50 in the
                checkpoint).
   quick        'load' on the first 64 evaluation sequences, every analysis: ~35
-               CPU-seconds (mostly compilation and the 26 figures), for tests.
+               CPU-seconds (mostly compilation and the 26 figures) before the circuits
+               were added, 56 s of wall time with them (the test run, shared 2-core CPU).
                After `train` (`:train,quick`): 'train' on 256 sequences for 3 epochs
                (batch 64), then every analysis
                on 64 evaluation sequences: ~45 CPU-seconds, for tests.

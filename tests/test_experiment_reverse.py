@@ -4,13 +4,17 @@ config); its analyses are checked against single forward passes and numpy."""
 import json
 import math
 
+import jax
 import numpy as np
 import pytest
 
 import toymech as tm
 from toymech import experiment
+from toymech.analysis import edges
 from toymech.report import Report, check_report
+from toymech.studies import common
 from toymech.studies import reverse as study
+from toymech.studies import reverse_circuits as rc
 from toymech.tasks import reverse as rv
 
 from conftest import run_binary, study_config
@@ -165,3 +169,34 @@ def test_autoregressive_accuracy_matches_a_loop_without_cache(quick):
     assert "Generating the outputs" in (path / "report.html").read_text()
     assert json.loads((path / "results.json").read_text())["analysis"]["autoregressive"][
         "autoregressive_exact_match"] == ar["autoregressive_exact_match"]
+
+
+def test_circuit_in_results_matches_the_edge_level_pass(quick):
+    """The y3 circuit from results.json, rebuilt as edge weights and run through edges.edge_forward,
+    gives the metric and recovered fraction written there."""
+    _, path, results, run = quick
+    c = results["analysis"]["circuit"]
+    names = edges.graph(run.cfg).edges
+    assert len(names) == c["n_edges"] == 32 and set(c["kept"]) <= set(names) and c["n_kept"] == len(c["kept"])
+    clean, corrupted = rc.position_pairs(run.holdout)
+    assert clean.shape == (rc.CIRCUIT_SEQUENCES, 16) == (c["n_sequences"], 16)
+    x = rv.N_DIGITS - 1 - rc.OUTPUT  # the resampled input, x4: position 5 of the fed tokens
+    assert set(np.flatnonzero((clean != corrupted).any(0))) == {1 + x, 9 + rc.OUTPUT}  # x4 and the y3 it sets
+    pos = int(rv.OUTPUT_POSITIONS[rc.OUTPUT])
+    logp = lambda x: np.asarray(jax.nn.log_softmax(np.asarray(x, np.float64)[:, pos], axis=-1))
+    kl = lambda logits: (np.exp(logp(clean_logits)) * (logp(clean_logits) - logp(logits))).sum(-1).mean()
+    clean_logits, _ = tm.apply(run.cfg, run.params, clean)
+    full = kl(tm.apply(run.cfg, run.params, corrupted)[0])
+    metric = kl(edges.edge_forward(run.cfg, run.params, clean, corrupted, np.isin(names, c["kept"]).astype(float)))
+    assert c["metric"] == pytest.approx(metric, rel=1e-3, abs=1e-5)
+    assert c["metric_corrupted"] == pytest.approx(full, rel=1e-4)
+    assert c["recovered"] == pytest.approx(1 - metric / full, abs=1e-4)
+    assert c["tau"] == pytest.approx(rc.TAU_FRACTION * full, rel=1e-3)
+    assert c["faithfulness_recovered"][-1] == pytest.approx(1, abs=1e-5)
+    assert c["faithfulness_recovered"][0] == pytest.approx(0, abs=1e-5)
+    assert sorted(c["eap_ig_scores"]) == sorted(names)
+    # the report shows the circuit, its faithfulness curve and the heads on its kept paths
+    html = (path / "report.html").read_text()
+    assert f"Circuit of output y{rc.OUTPUT}" in html
+    assert f"to the logits: {', '.join(sorted(common.heads_on_paths(c['kept']))) or 'none'}." in html
+    assert (path / "figures" / "circuit_y3.png").is_file() and (path / "figures" / "circuit_y3_faithfulness.png").is_file()

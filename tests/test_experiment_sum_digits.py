@@ -14,7 +14,10 @@ from toymech import checkpoint, experiment, weights
 from toymech import interventions as iv
 from toymech.report import check_report
 from toymech.studies import sum_digits as study
+from toymech.analysis import edges
+from toymech.studies import common
 from toymech.studies import sum_digits_analysis as an
+from toymech.studies import sum_digits_circuits as sc
 from toymech.tasks import sum_digits as sd
 
 from conftest import study_config
@@ -62,7 +65,8 @@ def test_quick_binary_writes_the_whole_workdir(quick_workdir, quick):
     assert quick["mode"] == "load" and quick["evaluation"]["n_sequences"] == 64
     assert set(quick["analysis"]) == {"unembed", "head_ablations", "qkv_mean_ablations",
                                       "qkv_mean_ablations_on_carry_subsets", "layer0_qk",
-                                      "direct_logit_attribution", "layer1_ov", "carries", "notebook_comparison"}
+                                      "direct_logit_attribution", "layer1_ov", "carries", "notebook_comparison",
+                                      "circuits"}
     found = check_report(quick_workdir / "report.html")
     pngs = {f"figures/{p.name}" for p in (quick_workdir / "figures").glob("*.png")}
     assert set(found.images) == pngs and len(pngs) >= 20  # every figure is in the report, and only those
@@ -322,3 +326,74 @@ def test_config_variants_and_bad_input(tmp_path):
     c.n_eval = 5000
     with pytest.raises(ValueError, match=r"config.n_eval must be in 0..1000"):
         study.evaluation_tokens(c)
+
+
+def _kl(clean_logits, logits, pos):
+    """KL(clean || patched) at one position per example, in float64 numpy."""
+    logp = lambda x: np.asarray(jax.nn.log_softmax(np.asarray(x, np.float64)[:, pos], axis=-1))
+    p, q = logp(clean_logits), logp(logits)
+    return (np.exp(p) * (p - q)).sum(-1)
+
+
+def test_circuits_in_results_match_the_edge_level_pass(processed, quick, quick_workdir):
+    """Each digit's circuit from results.json, rebuilt as edge weights (1 kept, 0 corrupted) and run
+    through edges.edge_forward, gives the metric and recovered fraction written there."""
+    cfg, params, _ = processed
+    circuits = quick["analysis"]["circuits"]
+    assert list(circuits) == ["c1 digit", "c1 carry", "c2 digit", "c2 carry", "c3 digit", "c3 carry", "c4 digit"]
+    names = edges.graph(cfg).edges
+    qk = quick["analysis"]["layer0_qk"]
+    for name, c in circuits.items():
+        label, kind = name.split()
+        digit = int(label[1]) - 1
+        assert c["kept"] and set(c["kept"]) <= set(names) and c["n_kept"] == len(c["kept"])
+        assert len(c["kept_scores"]) == len(c["kept"]) and min(c["kept_scores"]) >= c["tau"] > 0
+        clean, corrupted = sc.corrupted_pairs(digit, kind)
+        assert c["n_sequences"] == len(clean) == sc.CIRCUIT_SEQUENCES
+        changed = np.flatnonzero((clean != corrupted).any(0))
+        a_pos = digit if kind == "digit" else digit + 1
+        assert a_pos in changed and not set(changed) & set(sd.B_POSITIONS)  # only a digit of a (and the sum) changed
+        w = np.isin(names, c["kept"]).astype(np.float32)
+        pos = int(sd.OUTPUT_POSITIONS[digit])
+        clean_logits, _ = tm.apply(cfg, params, clean)
+        corrupted_logits, _ = tm.apply(cfg, params, corrupted)
+        metric = _kl(clean_logits, edges.edge_forward(cfg, params, clean, corrupted, w), pos).mean()
+        full_corruption = _kl(clean_logits, corrupted_logits, pos).mean()
+        assert c["metric"] == pytest.approx(metric, rel=1e-3, abs=1e-4)
+        assert c["metric_corrupted"] == pytest.approx(full_corruption, rel=1e-4)
+        assert c["recovered"] == pytest.approx((metric - full_corruption) / (0 - full_corruption), abs=1e-4)
+        assert c["recovered"] > 0.8  # ACDC at 2% of the corrupted KL keeps most of the behaviour
+        assert c["tau"] == pytest.approx(sc.TAU_FRACTION * full_corruption, rel=1e-3)
+        # the faithfulness curve ends at the clean and the corrupted run, and its k = n_kept point is the
+        # top-k circuit by |EAP-IG score|
+        rec = c["faithfulness_recovered"]
+        assert rec[0] == pytest.approx(0, abs=1e-5) and rec[-1] == pytest.approx(1, abs=1e-5)
+        scores = np.array([c["eap_ig_scores"][e] for e in names])
+        top = np.zeros(len(names), np.float32)
+        top[np.argsort(-np.abs(scores), kind="stable")[:len(c["kept"])]] = 1
+        top_metric = _kl(clean_logits, edges.edge_forward(cfg, params, clean, corrupted, top), pos).mean()
+        assert c["eap_ig_top_k_recovered"] == pytest.approx(1 - top_metric / full_corruption, abs=1e-3)
+        assert c["eap_ig_top_k_shared_with_acdc"] == int(top[np.isin(names, c["kept"])].sum())
+        # the layer-0 heads beside the report's: corresponding-digit heads (digit) or next-digit heads (carry)
+        heads = c["layer0_heads"]
+        if kind == "digit":
+            report = [h for h, digits in qk["corresponding_digit_heads"].items() if label in digits]
+        else:
+            report = [f"H0.{h}" for h in range(cfg.n_heads) if qk["next_digit_mass"][h][digit] >= qk["threshold"]]
+        assert heads["report"] == sorted(report)
+        assert set(heads["both"]) | set(heads["report_only"]) == set(report)
+        assert heads["circuit"] == sorted(h for h in common.heads_on_paths(c["kept"]) if h.startswith("H0."))
+    html = (quick_workdir / "report.html").read_text()
+    assert "Circuits of each sum digit" in html
+    assert (quick_workdir / "figures" / "circuit_c3_carry.png").is_file()
+    assert (quick_workdir / "figures" / "circuit_c4_digit_faithfulness.png").is_file()
+
+
+def test_heads_on_paths_needs_a_whole_path_through_the_head():
+    kept = ["embed -> blocks.0.attn.head.1.v", "blocks.0.attn.head.1 -> blocks.1.attn.head.2.q",
+            "blocks.1.attn.head.2 -> logits",  # embed -> H0.1 -> H1.2 -> logits
+            "embed -> blocks.0.attn.head.0.k",  # H0.0: an input but no output kept
+            "blocks.0.attn.head.2 -> logits",  # H0.2: an output but no input kept
+            "pos_embed -> blocks.1.attn.head.0.k", "blocks.1.attn.head.0 -> logits"]
+    assert common.heads_on_paths(kept) == {"H0.1", "H1.2", "H1.0"}
+    assert common.heads_on_paths(kept[3:5]) == set()

@@ -12,13 +12,15 @@ A study module (`toymech/studies/<name>.py`) has `train_and_evaluate(config, wor
 Here: `open_workdir` (with a 'resumed from epoch N' line), `metrics_rows` (training
 history -> metrics.jsonl rows) and `write_metrics` (which also flags non-finite metrics),
 `first_epoch_at_least`, `attention_patterns` and `attention_section` (the interactive view of
-every head on a few examples, in every study's report), `config_section` and `finish` (config
+every head on a few examples, in every study's report), `find_circuit` and `circuit_figures`
+(ACDC and EAP-IG on a clean / corrupted pair, and their report figures), `config_section` and `finish` (config
 section, timing, results.json, report.html, one line on stderr). Studies import this module and never one another
 (tests/test_layers.py checks it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -28,8 +30,9 @@ from typing import Any
 import numpy as np
 
 import toymech as tm
-from toymech import checkpoint, experiment
-from toymech.report import Report
+from toymech import checkpoint, experiment, plots
+from toymech.analysis import discovery, edges
+from toymech.report import Report, Section
 
 
 def open_workdir(workdir, config, study: str, data_files=None) -> experiment.Workdir:
@@ -112,6 +115,89 @@ def attention_section(rep: Report, cfg, params, tokens, vocab: Sequence[str], wh
         "attention weights (which sum to 1 over the keys), and the matrix shows the whole head (rows: queries, "
         "columns: keys; hover a cell for its weight).",
         examples=None if names is None else list(names)[:ATTENTION_EXAMPLES])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FoundCircuit:
+    """A circuit search on one clean / corrupted pair (`find_circuit`).
+
+    acdc: the ACDC circuit (threshold tau); eap_ig: EAP-IG scores of every edge; curve: the
+    faithfulness curve of the top-k circuits by |EAP-IG score|, k = 0..n_edges; n_sequences:
+    the clean / corrupted pairs used.
+    """
+
+    acdc: discovery.Circuit
+    eap_ig: edges.EdgeScores
+    curve: discovery.FaithfulnessCurve
+    tau: float
+    n_sequences: int
+
+    @property
+    def top_k_shared(self) -> int:
+        """How many of ACDC's kept edges are among the top len(acdc.kept) edges by |EAP-IG score|."""
+        k = len(self.acdc.kept)
+        top = np.argsort(-np.abs(np.asarray(self.eap_ig.values)), kind="stable")[:k]
+        return int(np.asarray(self.acdc.mask)[top].sum())
+
+    def numbers(self) -> dict:
+        """The circuit as plain numbers (results.json): kept edges with their ACDC scores (|metric
+        change| when removed), the circuit's metric and recovered fraction, every edge's EAP-IG
+        score, and the faithfulness curve."""
+        c, k = self.acdc, len(self.acdc.kept)
+        return {"n_sequences": self.n_sequences, "tau": self.tau, "n_edges": len(c.mask),
+                "kept": list(c.kept), "kept_scores": c.scores, "n_kept": k, "metric": c.metric,
+                "metric_clean": c.clean, "metric_corrupted": c.corrupted, "recovered": c.recovered,
+                "eap_ig_scores": dict(zip(self.eap_ig.edges, np.asarray(self.eap_ig.values).tolist())),
+                "eap_ig_top_k_recovered": float(self.curve.recovered[k]),
+                "eap_ig_top_k_shared_with_acdc": self.top_k_shared,
+                "faithfulness_ks": self.curve.ks, "faithfulness_recovered": self.curve.recovered}
+
+
+def find_circuit(cfg, params, clean, corrupted, metric, *, tau_fraction: float, steps: int) -> FoundCircuit:
+    """ACDC with tau = `tau_fraction` x |metric(corrupted) - metric(clean)| (so the threshold is
+    relative to what the corruption does), EAP-IG with `steps` points, and the faithfulness curve of
+    the EAP-IG ranking, on clean / corrupted tokens [n, pos] and a per-example metric."""
+    scores = discovery.edge_attribution(cfg, params, clean, corrupted, metric, method="eap-ig", steps=steps)
+    tau = tau_fraction * abs(float(scores.corrupted) - float(scores.clean))
+    acdc = discovery.acdc(cfg, params, clean, corrupted, metric, tau)
+    curve = discovery.faithfulness_curve(cfg, params, clean, corrupted, metric, scores)
+    return FoundCircuit(acdc, scores, curve, tau, len(clean))
+
+
+def heads_on_paths(kept) -> set[str]:
+    """The heads ('H{layer}.{head}') that a path of kept edges (names "sender -> receiver") runs
+    through from the embeddings to the logits: a head whose output reaches the logits but whose
+    inputs are all corrupted, or the reverse, is on no such path."""
+    ends = [tuple(discovery._node_of(n) for n in e.split(" -> ")) for e in kept]
+    reach, back = {"embed", "pos_embed"}, {"logits"}
+    for _ in ends:  # a fixed point; each pass extends every path by at least one edge or stops
+        grown = (len(reach), len(back))
+        reach |= {r for s, r in ends if s in reach}
+        back |= {s for s, r in ends if r in back}
+        if (len(reach), len(back)) == grown:
+            break
+    return {"H{}.{}".format(*n.split(".")[1::3]) for n in reach & back if ".head." in n}
+
+
+def _draw_circuit(path, circuit: discovery.Circuit, title: str) -> str:
+    return circuit.figure(path, title=title)
+
+
+def circuit_figures(sec: Section, name: str, found: FoundCircuit, what: str) -> None:
+    """Two figures of a `find_circuit` result in `sec`: the ACDC circuit (figures/<name>.png) and the
+    faithfulness curve of the EAP-IG ranking with ACDC's size marked (figures/<name>_faithfulness.png);
+    `what` names the corruption and metric for the captions."""
+    c = found.acdc
+    sec.figure(name, _draw_circuit, f"ACDC circuit for {what}: {len(c.kept)} of {len(c.mask)} edges kept (tau "
+               f"{found.tau:.3g}), recovering {c.recovered:.1%} of the metric; edge width by |metric change| when "
+               "the edge is removed, colour by the receiving input.", c,
+               f"{what}: {len(c.kept)} edges, recovered {c.recovered:.2f}")
+    sec.figure(f"{name}_faithfulness", plots.curves,
+               f"Faithfulness for {what}: the fraction of the metric recovered by the top-k edges by |EAP-IG score| "
+               "(the other edges corrupted), k = 0..all; dashed: ACDC's circuit size.",
+               {"top-k EAP-IG": (found.curve.ks, found.curve.recovered)}, title=f"Faithfulness: {what}",
+               xlabel="edges kept (k)", ylabel="metric recovered", markers=True,
+               vlines={f"ACDC ({len(c.kept)} edges, {c.recovered:.2f})": len(c.kept)})
 
 
 def config_section(config, rep: Report) -> None:

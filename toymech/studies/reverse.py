@@ -51,7 +51,7 @@ from toymech import experiment, plots, train, weights
 from toymech.analysis import linalg
 from toymech.config import ModelConfig
 from toymech.report import Report
-from toymech.studies import common
+from toymech.studies import common, reverse_circuits
 from toymech.studies.common import first_epoch_at_least
 from toymech.tasks import reverse as rv
 
@@ -520,6 +520,8 @@ def analyze(run: TrainedRun, rep: Report) -> dict:
     mlp0_section(out["mlp0"], rep)
     out["autoregressive"] = autoregressive_numbers(run, pred)
     autoregressive_section(out["autoregressive"], rep)
+    out["circuit"] = reverse_circuits.circuit_section(reverse_circuits.position_circuit(run.cfg, run.params,
+                                                                                      run.holdout), rep)
     common.attention_section(rep, run.cfg, run.params, run.holdout[:, :-1], rv.VOCAB, "holdout sequences")
     return out
 

@@ -795,4 +795,7 @@ def analyze(cfg: ModelConfig, params: dict, tokens: np.ndarray, an, rep: Report)
     sec = rep.section("The notebook's findings and ours")
     sec.table(["finding", "notebook", "this run"],
               [[k, v["notebook"], v["ours"]] for k, v in out["notebook_comparison"].items()])
+    from toymech.studies import sum_digits_circuits as sc  # it imports this module's labels
+    found = sc.digit_circuits(cfg, params)
+    out["circuits"] = sc.circuits_section(found, sc.head_agreement(found, qk), rep)
     return out
