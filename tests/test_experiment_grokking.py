@@ -50,7 +50,8 @@ def test_quick_binary_writes_the_whole_workdir(quick_workdir):
         assert key in analysis
     prog = analysis["progress"]
     assert prog["snapshot_epochs"] == [50, 100, 150, 200, 250, 300]
-    assert "memorisation ends" in prog["phases"]
+    # memorisation ends at the snapshot where the test loss (checked against metrics.jsonl below) peaks
+    assert prog["phases"]["memorisation ends"] == prog["snapshot_epochs"][int(np.argmax(prog["test_loss"]))]
     for name in ("train_loss", "test_loss", "restricted_loss", "excluded_loss", "sum_squared_weights"):
         assert len(prog[name]) == 6 and all(v is not None for v in prog[name])
     # the snapshot losses agree with the training record at the same epochs
@@ -355,16 +356,27 @@ def test_pc_kept_embeddings_and_feature_pcs_against_sklearn():
 def test_detect_phases_from_synthetic_measures():
     epochs = np.arange(100, 4001, 100)
     test = np.interp(epochs, [100, 600, 2000, 2400, 3000, 4000], [4.5, 30.0, 8.0, 1.0, 1e-3 / 2, 1e-6])
-    excluded = np.interp(epochs, [100, 900, 2400, 4000], [0.5, 0.01, 9.0, 8.0])  # falls, then rises
-    phases, rules = grokking_modular.detect_phases(epochs, test, excluded, p=59, cleanup_test_loss=1e-3)
+    restricted = np.interp(epochs, [100, 600, 2400, 4000], [4.0, 5.0, 0.01, 1e-6])  # falls through formation
+    phases, rules, evidence = grokking_modular.detect_phases(epochs, test, restricted, p=59, cleanup_test_loss=1e-3)
     first_below = lambda level: int(epochs[np.argmax(test < level)])
-    assert phases == {"memorisation ends": 900, "circuit formation ends": first_below(np.log(59)),
+    formation = first_below(np.log(59))
+    assert phases == {"memorisation ends": 600, "circuit formation ends": formation,
                       "cleanup ends": first_below(1e-3)}
     assert list(rules) == list(phases)
-    # a run that never generalises has only the memorisation boundary (the excluded-loss minimum)
-    phases, _ = grokking_modular.detect_phases(epochs, np.linspace(5, 20, len(epochs)), excluded, p=59,
-                                               cleanup_test_loss=1e-3)
-    assert phases == {"memorisation ends": 900}
+    during = (epochs >= 600) & (epochs < formation)
+    assert evidence == pytest.approx({
+        "restricted_loss_at_memorisation_end": 5.0,
+        "restricted_loss_at_circuit_formation_end": float(np.interp(formation, [600, 2400], [5.0, 0.01])),
+        "lowest_test_loss_during_circuit_formation": float(test[during].min()),
+        "uniform_guess_loss": np.log(59)})
+    # a run that never generalises: memorisation ends at its (latest) test-loss peak, nothing after, no evidence
+    phases, _, evidence = grokking_modular.detect_phases(epochs, np.linspace(5, 20, len(epochs)), restricted, p=59,
+                                                         cleanup_test_loss=1e-3)
+    assert phases == {"memorisation ends": 4000} and evidence == {}
+    # a peak at the first snapshot and a test loss that never drops below log(p): one boundary
+    phases, _, _ = grokking_modular.detect_phases(epochs, np.linspace(20, 5, len(epochs)), restricted, p=59,
+                                                  cleanup_test_loss=1e-3)
+    assert phases == {"memorisation ends": 100}
 
 
 def test_config_variants_and_workdir_plumbing(tmp_path):

@@ -64,50 +64,60 @@ class Measures:
     key_freqs: tuple[int, ...]
     phases: dict[str, int]
     phase_rules: dict[str, str]
+    phase_evidence: dict[str, float]  # see detect_phases
 
 
-def detect_phases(epochs, test_loss, excluded_loss, p: int, cleanup_test_loss: float) -> tuple[dict, dict]:
+def detect_phases(epochs, test_loss, restricted_loss, p: int,
+                  cleanup_test_loss: float) -> tuple[dict, dict, dict]:
     """The three phases of grokking, located from the progress measures over snapshots.
 
     Rules (each boundary is a snapshot epoch; one that is never reached is left out):
-      circuit formation ends  at the first snapshot after the test-loss peak where the
-                              test loss is below log(p), the loss of a uniform guess: the
-                              model starts beating chance on unseen pairs, i.e. the
+      memorisation ends       at the test-loss peak: the training pairs are fitted and
+                              the model is at its worst on unseen pairs; from here on
+                              it builds the generalising circuit.
+      circuit formation ends  at the first snapshot after the peak where the test loss
+                              is below log(p), the loss of a uniform guess: the model
+                              starts beating chance on unseen pairs, i.e. the
                               generalising circuit now dominates and cleanup starts.
-      memorisation ends       at the minimum of the excluded loss (the train loss with the
-                              key frequencies removed), searched before that boundary (over
-                              all snapshots when there is none): until then the model fits
-                              the training pairs without the key frequencies; afterwards it
-                              increasingly relies on them (circuit formation).
       cleanup ends            at the first snapshot after circuit formation ends where the
                               test loss is below `cleanup_test_loss`: the memorising
                               components are gone.
 
+    Circuit formation should show as the restricted loss (the test loss of the key
+    frequencies alone) falling while the test loss is still high; the evidence says
+    whether it did: the restricted loss at both ends of the phase and the lowest test
+    loss inside it.
+
     Args:
-      epochs: int [S]; test_loss, excluded_loss: [S] measured at those epochs.
+      epochs: int [S]; test_loss, restricted_loss: [S] measured at those epochs.
       p: the modulus; cleanup_test_loss: the last rule's level.
     Returns:
-      ({boundary name: epoch}, {boundary name: the rule as text}), in time order.
+      ({boundary name: epoch}, {boundary name: the rule as text}, evidence), boundaries
+      in time order; evidence is empty until circuit formation has ended.
     """
     epochs = np.asarray(epochs)
-    test, excluded = np.asarray(test_loss, float), np.asarray(excluded_loss, float)
+    test, restricted = np.asarray(test_loss, float), np.asarray(restricted_loss, float)
     chance = math.log(p)
     below = lambda level, start: next((i for i in range(start, len(test)) if test[i] < level), None)
-    formation = below(chance, int(np.argmax(test)) + 1)
-    memorised = int(np.argmin(excluded[:formation]))  # formation is None (all) or >= 1
-    phases = {PHASE_NAMES[0]: int(epochs[memorised])}
+    peak = int(np.argmax(test))
+    formation = below(chance, peak + 1)
+    phases, evidence = {PHASE_NAMES[0]: int(epochs[peak])}, {}
     if formation is not None:
         phases[PHASE_NAMES[1]] = int(epochs[formation])
+        evidence = {"restricted_loss_at_memorisation_end": float(restricted[peak]),
+                    "restricted_loss_at_circuit_formation_end": float(restricted[formation]),
+                    "lowest_test_loss_during_circuit_formation": float(test[peak:formation].min()),
+                    "uniform_guess_loss": chance}
         cleanup = below(cleanup_test_loss, formation)
         if cleanup is not None:
             phases[PHASE_NAMES[2]] = int(epochs[cleanup])
     rules = {
-        PHASE_NAMES[0]: "snapshot of minimum excluded loss (before circuit formation ends)",
+        PHASE_NAMES[0]: "snapshot of the test-loss peak",
         PHASE_NAMES[1]: f"first snapshot after the test-loss peak with test loss < log(p) = {chance:.3f} "
                         f"(a uniform guess)",
         PHASE_NAMES[2]: f"first later snapshot with test loss < {cleanup_test_loss:g}",
     }
-    return phases, rules
+    return phases, rules, evidence
 
 
 def _np_tree(tree):
@@ -128,9 +138,9 @@ def progress_measures(run) -> Measures:
     keys = key_frequencies(run.params, p, float(an.key_frequency_fraction))
     stacked = jax.tree.map(jnp.asarray, run.snapshots)
     m = _np_tree(gk.grokking_progress(run.cfg, stacked, run.data, keys))
-    phases, rules = detect_phases(run.snapshot_epochs, m.test_loss, m.excluded_loss, p,
-                                  float(an.cleanup_test_loss))
-    return Measures(np.asarray(run.snapshot_epochs), m, keys, phases, rules)
+    phases, rules, evidence = detect_phases(run.snapshot_epochs, m.test_loss, m.restricted_loss, p,
+                                            float(an.cleanup_test_loss))
+    return Measures(np.asarray(run.snapshot_epochs), m, keys, phases, rules, evidence)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "p", "keys"))
@@ -356,7 +366,7 @@ def progress_numbers(meas: Measures) -> dict:
         "sum_squared_weights": m.sum_squared_weights, "gini_embedding": m.gini_embedding,
         "gini_logit": m.gini_logit,
         "cos_coefficients_key_frequencies": {str(k): cos[:, k - 1] for k in meas.key_freqs},
-        "phases": meas.phases, "phase_rules": meas.phase_rules,
+        "phases": meas.phases, "phase_rules": meas.phase_rules, "phase_evidence": meas.phase_evidence,
     }
 
 
@@ -400,6 +410,13 @@ def progress_section(meas: Measures, p: int, nanda: bool, rep: Report):
             + ([NANDA_REFERENCE["phase_boundaries"][name]] if nanda else []) for name in PHASE_NAMES]
     sec.table(["boundary", "epoch", "rule"] + (["reference run (drawn by hand)"] if nanda else []), rows,
               caption="Phase boundaries detected from the measures")
+    ev = meas.phase_evidence
+    if ev:
+        held = ev["lowest_test_loss_during_circuit_formation"] >= ev["uniform_guess_loss"]
+        sec.text(f"During circuit formation the restricted loss fell from {ev['restricted_loss_at_memorisation_end']:.3g} "
+                 f"to {ev['restricted_loss_at_circuit_formation_end']:.3g} while the test loss stayed "
+                 f"{'above' if held else 'not always above'} a uniform guess's {ev['uniform_guess_loss']:.3f} "
+                 f"(lowest {ev['lowest_test_loss_during_circuit_formation']:.3g}).")
     return sec
 
 
