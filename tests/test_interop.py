@@ -102,6 +102,9 @@ def test_reader_handles_views_dtypes_and_parameters(tmp_path):
     assert got["bf16"].dtype == jnp.bfloat16 and got["f16"].dtype == np.float16
 
 
+SPLIT_INPUT_SUFFIXES = ("hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input", "hook_mlp_in")
+
+
 @pytest.mark.parametrize("name", list(ARENA))
 @pytest.mark.parametrize("processed", [False, True])
 def test_arena_checkpoints_match_transformer_lens(shared_dir, name, processed):
@@ -133,10 +136,19 @@ def test_arena_checkpoints_match_transformer_lens(shared_dir, name, processed):
     np.testing.assert_allclose(logits, tl_logits.numpy(), **TOL)
     ignore = model.blocks[0].attn.IGNORE.item()  # these files saved -1e5 as the masked-score fill; toymech uses -inf
     np.testing.assert_array_equal(acts["hook_tokens"], tokens)  # these models were built without hook_tokens
+    # The split-input sites exist in TransformerLens only with its split options (tested against those in
+    # test_model.py); with the checkpoints' own config they are copies of resid_pre (per head) / resid_mid.
+    split = {s for s in acts if s.endswith(SPLIT_INPUT_SUFFIXES)}
+    assert set(acts) - set(cache.keys()) == {"hook_tokens"} | split
     for site, act in acts.items():
         if site == "hook_tokens":
             continue
-        want = cache[site].numpy()
+        if site in split:
+            layer = site.split(".")[1]
+            resid = cache[f"blocks.{layer}.hook_resid_{'mid' if site.endswith('mlp_in') else 'pre'}"].numpy()
+            want = resid if site.endswith("mlp_in") else np.broadcast_to(resid[:, :, None], act.shape)
+        else:
+            want = cache[site].numpy()
         if site.endswith("hook_attn_scores"):
             want = np.where(want == ignore, -np.inf, want)
         np.testing.assert_allclose(act, want, err_msg=site, **TOL)
