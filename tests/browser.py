@@ -53,9 +53,11 @@ def console_errors(driver) -> list[dict]:
 
 def open_page(driver, path: Path) -> list[dict]:
     """Load the file `path` (until its load event: images included) and return its console errors."""
+    from selenium.webdriver.support.ui import WebDriverWait
     driver.get_log("browser")  # drop what earlier pages logged
     driver.get(Path(path).resolve().as_uri())
-    assert driver.execute_script("return document.readyState") == "complete"
+    # get() returns at the load event; on a busy machine a large page can still report "interactive"
+    WebDriverWait(driver, 60).until(lambda d: d.execute_script("return document.readyState") == "complete")
     return console_errors(driver)
 
 
