@@ -85,8 +85,9 @@ def test_center_writing_weights_keeps_logits_and_centers_the_residual_stream(nam
     last = f"blocks.{cfg.n_layers - 1}.hook_resid_post"
     np.testing.assert_allclose(new_acts[last].mean(-1), 0.0, atol=1e-5)
     assert np.abs(np.asarray(acts[last]).mean(-1)).max() > 1e-2  # it was not centered before
-    # readers normalize, so what they read is unchanged
-    _assert_sites_equal(acts, new_acts, skip=("resid", "hook_embed", "hook_pos_embed", "_out", "hook_result"))
+    # readers normalize, so what they read is unchanged (their inputs before the norm are the residual stream)
+    _assert_sites_equal(acts, new_acts, skip=("resid", "hook_embed", "hook_pos_embed", "_out", "hook_result",
+                                              "hook_attn_in", "_input", "hook_mlp_in"))
 
 
 def test_center_writing_weights_refuses_a_model_without_layer_norm():
