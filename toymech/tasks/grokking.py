@@ -44,6 +44,7 @@ import functools
 from typing import NamedTuple, Sequence
 
 import jax
+from jax import Array
 import jax.numpy as jnp
 import numpy as np
 
