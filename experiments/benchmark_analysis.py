@@ -186,15 +186,26 @@ def _tl_model(cfg, state_dict, **flags):
     return model.eval()
 
 
+def _sum_model(shared: str):
+    """The study-4 sum model (path, cfg, params), its 1,000 evaluation sequences [1000, 14], and
+    the positions whose logits predict the four sum digits."""
+    path = os.path.join(shared, "models", "arena", "sum_model.pt")
+    cfg, params = tm.interop.load_transformer_lens(path)
+    tokens = np.loadtxt(os.path.join(shared, "fixtures", "arena_sum_eval_1000.txt"), dtype=np.int32)
+    return path, cfg, params, tokens, sum_digits.OUTPUT_POSITIONS
+
+
+def _tl_loss(logits, labels, pos) -> float:
+    """Mean cross-entropy of labels [b, n_pos] at positions pos, from TransformerLens logits."""
+    return -logits[:, pos].log_softmax(-1).gather(-1, labels[..., None]).mean().item()
+
+
 # --- 1. head x position mean-ablation sweep ----------------------------------
 
 
 def bench_sweep(shared: str, tl_targets: int) -> Item:
     import torch
-    path = os.path.join(shared, "models", "arena", "sum_model.pt")
-    cfg, params = tm.interop.load_transformer_lens(path)
-    tokens = np.loadtxt(os.path.join(shared, "fixtures", "arena_sum_eval_1000.txt"), dtype=np.int32)
-    pos = np.arange(9, 13)  # the '=' and first three answer digits predict the four answer digits
+    path, cfg, params, tokens, pos = _sum_model(shared)
     metric = sweeps.loss_metric(tokens[:, pos + 1], pos)
     run = lambda: sweeps.ablation_sweep(cfg, params, tokens, metric, site="z", kind="mean", by_pos=True).values
 
@@ -209,8 +220,7 @@ def bench_sweep(shared: str, tl_targets: int) -> Item:
             return z
         with torch.inference_mode():
             logits = model.run_with_hooks(toks, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", mean_ablate)])
-        logp = logits[:, pos].log_softmax(-1)
-        return -logp.gather(-1, labels[..., None]).mean().item()
+        return _tl_loss(logits, labels, pos)
 
     check = lambda ours, theirs: {"max_abs_diff_loss": float(np.max(np.abs(
         np.asarray(ours).reshape(-1)[:len(ran)] - np.asarray(theirs))))}
@@ -356,11 +366,8 @@ def bench_progress(n_checkpoints: int, tl_checkpoints: int) -> Item:
 def _sum_edge_inputs(shared: str):
     """The sum model, its 1,000 evaluation sequences, their corrupted partners (digit a3 changed)
     and the per-example loss on the four sum digits."""
-    path = os.path.join(shared, "models", "arena", "sum_model.pt")
-    cfg, params = tm.interop.load_transformer_lens(path)
-    tokens = np.loadtxt(os.path.join(shared, "fixtures", "arena_sum_eval_1000.txt"), dtype=np.int32)
+    path, cfg, params, tokens, pos = _sum_model(shared)
     clean, corrupted = sum_digits.corrupt_a_digit(tokens, 2, seed=0)
-    pos = sum_digits.OUTPUT_POSITIONS
     return path, cfg, params, clean, corrupted, pos, edges.loss_metric(clean[:, pos + 1], pos)
 
 
@@ -375,7 +382,7 @@ def bench_edges(shared: str, tl_targets: int) -> Item:
     with torch.inference_mode():
         base_logits, clean_cache = model.run_with_cache(toks)
         _, corrupted_cache = model.run_with_cache(torch.tensor(corrupted, dtype=torch.long))
-    loss = lambda logits: -logits[:, pos].log_softmax(-1).gather(-1, labels[..., None]).mean().item()
+    loss = lambda logits: _tl_loss(logits, labels, pos)
     ran = list(range(tl_targets or g.n_edges))
 
     def tl_edge(e):  # the receiver's input gets the sender's corrupted - clean output
