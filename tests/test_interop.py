@@ -16,6 +16,7 @@ import pytest
 import toymech as tm
 from toymech import interop, weights
 from toymech.interop import CheckpointError, UnsafeCheckpointError
+from toymech.sites import split_input_sites
 from random_params import random_params
 
 # The configurations documented in shared/models/arena/README.md:
@@ -102,9 +103,6 @@ def test_reader_handles_views_dtypes_and_parameters(tmp_path):
     assert got["bf16"].dtype == jnp.bfloat16 and got["f16"].dtype == np.float16
 
 
-SPLIT_INPUT_SUFFIXES = ("hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input", "hook_mlp_in")
-
-
 @pytest.mark.parametrize("name", list(ARENA))
 @pytest.mark.parametrize("processed", [False, True])
 def test_arena_checkpoints_match_transformer_lens(shared_dir, name, processed):
@@ -138,7 +136,7 @@ def test_arena_checkpoints_match_transformer_lens(shared_dir, name, processed):
     np.testing.assert_array_equal(acts["hook_tokens"], tokens)  # these models were built without hook_tokens
     # The split-input sites exist in TransformerLens only with its split options (tested against those in
     # test_model.py); with the checkpoints' own config they are copies of resid_pre (per head) / resid_mid.
-    split = {s for s in acts if s.endswith(SPLIT_INPUT_SUFFIXES)}
+    split = {s for l in range(cfg.n_layers) for s in split_input_sites(l) + (f"blocks.{l}.hook_mlp_in",)} & set(acts)
     assert set(acts) - set(cache.keys()) == {"hook_tokens"} | split
     for site, act in acts.items():
         if site == "hook_tokens":
