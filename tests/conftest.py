@@ -6,12 +6,14 @@ share one run each) and the `slow` marker for whole-study runs.
 README's command) runs everything, the whole-study runs included.
 """
 
+import gc
 import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import jax
 import pytest
 
 from experiments import common
@@ -25,6 +27,17 @@ SHARED = REPO.parent / "shared"
 QUICK_STUDIES = ("grokking_modular", "grokking_addition", "reverse", "sum_digits", "text_sum")
 # Fixtures that run a whole study: every test using one is marked slow.
 SLOW_FIXTURES = {"quick", "quick_workdir", "processed", "quick_report"} | {f"{s}_quick" for s in QUICK_STUDIES}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drops JAX's compiled programs after each test module. XLA:CPU keeps every
+    executable's machine code mapped in the process; over the whole suite (thousands of
+    programs) the test process reached the kernel's limit on memory mappings
+    (vm.max_map_count, 65,530 by default), and the next compilation crashed."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 def study_config(study: str, arg: str | None = None):
