@@ -35,8 +35,11 @@ to right, e.g. `:addition,quick` or `:nanda,num_epochs=5000`):
              load average < 1): 17 min 42 s end to end (training 1,036 s at
              24 epochs/s, then the analyses and the report); rerun 2026-12-02 on
              the same CPU shared with other jobs (load average 4.2 at the start,
-             3.0 at the end): 26 min 41 s (training 1,570 s at ~16 epochs/s), the
-             same numbers: test loss peaks at 33.1 at epoch 1,400, is 13.5 at
+             3.0 at the end): 26 min 41 s (training 1,570 s at ~16 epochs/s); on a
+             second, slower 2-core machine (an AMD EPYC virtual machine, float32
+             matmul 183 GFLOP/s against the first's 421), nothing else running,
+             2026-12-02 22:15 UTC: 23 min 19 s (training 1,369 s at 18 epochs/s). All
+             three gave the same numbers: test loss peaks at 33.1 at epoch 1,400, is 13.5 at
              13,000 and 7.1 at 14,000, test accuracy passes 0.99 at epoch 15,800
              and ends at 1.0 (final test loss 2.1e-7); key frequencies 3, 9, 19,
              34, 55; phases detected: memorisation ends 1,400 (the test-loss peak;
