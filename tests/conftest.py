@@ -32,9 +32,9 @@ SLOW_FIXTURES = {"quick", "quick_workdir", "processed", "quick_report"} | {f"{s}
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
     """Drops JAX's compiled programs after each test module. XLA:CPU keeps every
-    executable's machine code mapped in the process; over the whole suite (thousands of
-    programs) the test process reached the kernel's limit on memory mappings
-    (vm.max_map_count, 65,530 by default), and the next compilation crashed."""
+    executable's machine code mapped in the process. Kept for the whole suite, the
+    mappings grew by thousands per test module toward the kernel's limit
+    (vm.max_map_count, 65,530 by default), and about 500 tests in, a compilation crashed."""
     yield
     jax.clear_caches()
     gc.collect()

@@ -16,7 +16,6 @@ import pytest
 import toymech as tm
 from toymech import interop, weights
 from toymech.interop import CheckpointError, UnsafeCheckpointError
-from toymech.sites import split_input_sites
 from random_params import random_params
 
 # The configurations documented in shared/models/arena/README.md:
@@ -109,6 +108,7 @@ def test_arena_checkpoints_match_transformer_lens(shared_dir, name, processed):
     pytest.importorskip("transformer_lens")
     import torch
     from transformer_lens import HookedTransformer, HookedTransformerConfig
+    import tl_reference
 
     path = _arena_path(shared_dir, name)
     cfg, params = interop.load_transformer_lens(path, act_fn="relu")
@@ -136,7 +136,7 @@ def test_arena_checkpoints_match_transformer_lens(shared_dir, name, processed):
     np.testing.assert_array_equal(acts["hook_tokens"], tokens)  # these models were built without hook_tokens
     # The split-input sites exist in TransformerLens only with its split options (tested against those in
     # test_model.py); with the checkpoints' own config they are copies of resid_pre (per head) / resid_mid.
-    split = {s for l in range(cfg.n_layers) for s in split_input_sites(l) + (f"blocks.{l}.hook_mlp_in",)} & set(acts)
+    split = tl_reference.split_option_sites(cfg)
     assert set(acts) - set(cache.keys()) == {"hook_tokens"} | split
     for site, act in acts.items():
         if site == "hook_tokens":

@@ -66,7 +66,7 @@ def test_logits_and_every_site_match_transformer_lens(ref, name):
     logits, acts = tm.apply(cfg, params, tokens, capture="all")
     np.testing.assert_allclose(logits, ref.to_numpy(tl_logits), **TOL)
     assert set(acts) == set(tm.site_names(cfg))
-    split = _split_sites(cfg)  # TransformerLens has them only with its split-input options
+    split = ref.split_option_sites(cfg)  # TransformerLens has them only with its split-input options
     missing = set(acts) - set(cache.keys()) - split
     assert not missing, f"toymech sites TransformerLens does not have: {missing}"
     with torch.no_grad():
@@ -80,11 +80,6 @@ def test_logits_and_every_site_match_transformer_lens(ref, name):
         masked = ~np.tril(np.ones((cfg.n_ctx, cfg.n_ctx), bool))
         ignore = float(model.blocks[0].attn.IGNORE)
         assert np.all(np.asarray(acts[tm.get_act_name("attn_scores", 0)])[..., masked] == ignore)
-
-
-def _split_sites(cfg) -> set:
-    mlp_in = set() if cfg.attn_only else {f"blocks.{l}.hook_mlp_in" for l in range(cfg.n_layers)}
-    return {s for l in range(cfg.n_layers) for s in tm.sites.split_input_sites(l)} | mlp_in
 
 
 def _tl_split(ref, cfg, model, **flags):

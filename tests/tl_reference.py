@@ -18,6 +18,14 @@ def tl_config(cfg: tm.ModelConfig, **extra) -> HookedTransformerConfig:
     return HookedTransformerConfig(**tm.interop.transformer_lens_config(cfg), device="cpu", **extra)
 
 
+def split_option_sites(cfg: tm.ModelConfig) -> set[str]:
+    """toymech's sites that a HookedTransformer has only with its split-input options
+    (use_attn_in / use_split_qkv_input / use_hook_mlp_in): hook_attn_in, hook_q/k/v_input
+    and, with an MLP, hook_mlp_in, in every layer."""
+    mlp_in = set() if cfg.attn_only else {f"blocks.{l}.hook_mlp_in" for l in range(cfg.n_layers)}
+    return {s for l in range(cfg.n_layers) for s in tm.sites.split_input_sites(l)} | mlp_in
+
+
 def tl_model(cfg: tm.ModelConfig, seed: int = 0, randomize_biases: bool = True) -> HookedTransformer:
     """A HookedTransformer with random weights (and, by default, random biases
     and LayerNorm weights too, so that every parameter is exercised)."""
