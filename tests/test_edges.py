@@ -130,27 +130,33 @@ def _metric(cfg, clean):  # next-token loss (labels folded into the output vocab
     return edges.loss_metric(clean[:, 1:] % cfg.d_vocab_out, np.arange(cfg.n_ctx - 1))
 
 
-def _one_run(cfg, params, clean, corrupted, metric, weights):
-    return float(metric(edges.edge_forward(cfg, params, clean, corrupted, weights)).mean())
+def _one_run(cfg, params, clean, corrupted, metric, weights, mask=None):
+    return float(metric(edges.edge_forward(cfg, params, clean, corrupted, weights, key_padding_mask=mask)).mean())
 
 
-@pytest.mark.parametrize("name, chunk_size", [("lnpre_attn_only", None), ("lnpre_attn_only", 1), ("ln_mlp", 7),
-                                              ("no_norm_mlp_bidirectional", 10_000)])
-def test_edge_patching_equals_one_edge_pass_per_edge(name, chunk_size):
+@pytest.mark.parametrize("name, chunk_size, padded", [
+    ("lnpre_attn_only", None, False), ("lnpre_attn_only", 1, True), ("ln_mlp", 7, False), ("ln_mlp", None, True),
+    ("no_norm_mlp_bidirectional", 10_000, True)])
+def test_edge_patching_equals_one_edge_pass_per_edge(name, chunk_size, padded):
+    """edge_patching recomputes only each edge's receiver and runs the plain model after it; the
+    edge-level pass (checked against TransformerLens above) recomputes everything: every edge agrees."""
     import random_params
     cfg = CONFIGS[name]
     params = random_params.random_params(cfg, seed=6)
     clean, corrupted = _pair(cfg, batch=4, seed=7)
     metric = _metric(cfg, clean)
-    scores = edges.edge_patching(cfg, params, clean, corrupted, metric, chunk_size=chunk_size)
+    mask = None
+    if padded:
+        mask = np.ones(clean.shape, bool)
+        mask[1, -2:] = False
+    scores = edges.edge_patching(cfg, params, clean, corrupted, metric, chunk_size=chunk_size, key_padding_mask=mask)
     n = edges.graph(cfg).n_edges
-    base = _one_run(cfg, params, clean, corrupted, metric, np.ones(n))
-    every = list(range(0, n, 5)) + [n - 2, n - 1]  # some edges into each layer, and into the logits
-    want = [_one_run(cfg, params, clean, corrupted, metric, 1.0 - np.eye(n)[e]) - base for e in every]
-    np.testing.assert_allclose(np.asarray(scores.values)[every], want, rtol=1e-4, atol=1e-5)
+    one_run = lambda w: _one_run(cfg, params, clean, corrupted, metric, w, mask)
+    base = one_run(np.ones(n))
+    want = [one_run(1.0 - np.eye(n)[e]) - base for e in range(n)]
+    np.testing.assert_allclose(np.asarray(scores.values), want, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(scores.clean, base, rtol=1e-5)
-    np.testing.assert_allclose(scores.corrupted, _one_run(cfg, params, clean, corrupted, metric, np.zeros(n)),
-                               rtol=1e-4)
+    np.testing.assert_allclose(scores.corrupted, one_run(np.zeros(n)), rtol=1e-4)
     assert np.isfinite(scores.values).all() and np.abs(scores.values).max() > 1e-3
     assert scores[scores.edges[3]] == scores.values[3]
 

@@ -112,7 +112,7 @@ def test_split_input_edits_match_run_with_hooks(ref, name):
     b = f"blocks.{layer}"
     cases = [("use_split_qkv_input", f"{b}.hook_q_input", patch_head, iv.patch(f"{b}.hook_q_input", value, head=-1)),
              ("use_split_qkv_input", f"{b}.hook_v_input", add_everywhere, iv.add(f"{b}.hook_v_input", vector)),
-             ("use_split_qkv_input", f"blocks.0.hook_k_input", patch_head,
+             ("use_split_qkv_input", "blocks.0.hook_k_input", patch_head,
               iv.patch("blocks.0.hook_k_input", value, head=head)),
              ("use_attn_in", f"{b}.hook_attn_in", patch_head, iv.patch(f"{b}.hook_attn_in", value, head=head)),
              ("use_split_qkv_input", f"{b}.hook_mlp_in", add_everywhere, iv.add(f"{b}.hook_mlp_in", vector))]
@@ -221,6 +221,36 @@ def test_padding_gets_zero_attention_and_does_not_change_real_positions():
     got_logits, acts = tm.apply(cfg, params, padded, key_padding_mask=mask, capture=(pattern,))
     np.testing.assert_allclose(got_logits[:, :5], want_logits, **TOL)
     assert np.all(np.asarray(acts[pattern])[..., 5:] == 0.0)
+
+
+@pytest.mark.parametrize("name", ["sum", "lnpre_gelu_new", "bidirectional_silu_no_norm", "regression_encoder"])
+def test_head_result_is_one_head_of_the_layer(name):
+    """model.head_result on a head's own inputs: on the block's input it is that head's
+    hook_result (checked against TransformerLens in the parity test), for every head, with a
+    traced head index and with padding; with one input changed it equals the split-input path."""
+    import random_params
+    from toymech.model import head_result
+    cfg = ALL_CONFIGS[name]
+    params = random_params.random_params(cfg, seed=2)
+    tokens = _tokens(cfg, batch=4, seed=3)
+    mask = np.ones(tokens.shape, bool)
+    mask[2, -2:] = False
+    layer = cfg.n_layers - 1
+    b = f"blocks.{layer}"
+    _, acts = tm.apply(cfg, params, tokens, key_padding_mask=mask, capture=(f"{b}.hook_resid_pre", f"{b}.attn.hook_result"))
+    resid = acts[f"{b}.hook_resid_pre"]
+    traced = jax.jit(lambda h, x: head_result(cfg, params, layer, h, x, x, x, mask))
+    for h in range(cfg.n_heads):
+        np.testing.assert_allclose(head_result(cfg, params, layer, h, resid, resid, resid, mask),
+                                   acts[f"{b}.attn.hook_result"][:, :, h], **TOL)
+        np.testing.assert_allclose(traced(h, resid), acts[f"{b}.attn.hook_result"][:, :, h], **TOL)
+    other = resid + np.random.default_rng(4).normal(size=resid.shape).astype(np.float32)  # a new key input
+    h = cfg.n_heads - 1
+    k_input = jnp.broadcast_to(resid[:, :, None], resid.shape[:2] + (cfg.n_heads, cfg.d_model)).at[:, :, h].set(other)
+    _, split = tm.apply(cfg, params, tokens, key_padding_mask=mask, capture=(f"{b}.attn.hook_result",),
+                        intervention=iv.patch(f"{b}.hook_k_input", k_input))
+    np.testing.assert_allclose(head_result(cfg, params, layer, h, resid, other, resid, mask),
+                               split[f"{b}.attn.hook_result"][:, :, h], **TOL)
 
 
 def test_vmapped_head_ablations_equal_separate_runs_and_compile_once():

@@ -40,6 +40,7 @@ h head, e d_head, m d_mlp, v vocabulary.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -391,6 +392,25 @@ def _project_tables(cfg: ModelConfig, sites: Sites, shape) -> bool:
     batch, n_pos = shape
     return cfg.normalization_type is None and not edited and 2 * (cfg.d_vocab + n_pos) <= batch * n_pos
 
+
+
+def head_result(cfg: ModelConfig, params: dict, layer: int, head, q_input, k_input, v_input,
+                key_padding_mask=None) -> jax.Array:
+    """One attention head of a block run alone on its own query, key and value inputs
+    (traceable): the inputs are residual streams [b, p, d] before ln1 (the head's
+    hook_q_input / hook_k_input / hook_v_input), `head` an int or a traced int; returns
+    the head's hook_result [b, p, d] (its share of hook_attn_out, without b_O). Exact edge
+    patching (`toymech.analysis.edges`) recomputes just the receiving head this way."""
+    block = params[f"blocks_{layer}"]
+    one = {name: jnp.zeros_like(w) if name == "b_O" else jax.lax.dynamic_slice_in_dim(w, head, 1)
+           for name, w in block["attn"].items()}  # the head's W_Q [1, d, e], ..., W_O [1, e, d]
+    if cfg.normalization_type:
+        ln1 = lambda x: LayerNorm(cfg).apply({"params": block.get("ln1", {})}, x, _NO_SITES, "")
+    else:
+        ln1 = lambda x: x
+    inputs = tuple(_DenseInput(ln1(x)) for x in (q_input, k_input, v_input))
+    one_head = dataclasses.replace(cfg, n_heads=1)
+    return Attention(one_head).apply({"params": one}, inputs, _NO_SITES, "", key_padding_mask)
 
 # --- functional entry points -------------------------------------------------
 

@@ -50,7 +50,8 @@ from flax import struct
 from toymech.analysis import sweeps
 from toymech.analysis.attribution import logit_diff
 from toymech.config import ModelConfig
-from toymech.model import Sites, Transformer, apply_unchecked, check_inputs, check_params
+from toymech import interventions as iv
+from toymech.model import Sites, Transformer, apply_unchecked, check_inputs, check_params, head_result
 
 Array = jax.Array
 ROLES = ("q", "k", "v")
@@ -400,9 +401,10 @@ def edge_patching(cfg: ModelConfig, params: dict, clean, corrupted, metric, *, k
     chunks of `chunk_size` runs; default: about `sweeps.CHUNK_TOKENS` token positions per chunk).
 
     clean, corrupted: int [batch, pos]; metric: logits -> [batch]. Returns `EdgeScores` with
-    values [n_edges] = metric(edge e corrupted) - metric(clean). The runs of the edges into a
-    layer start from the clean run's residual stream entering it (everything upstream of the
-    patched edge is clean), so the layers before it are not recomputed.
+    values [n_edges] = metric(edge e corrupted) - metric(clean). With one edge patched only its
+    receiver reads a changed input, so each run recomputes that receiver alone (one head, one
+    MLP or the logits) from the clean run's activations and then runs the plain model after it;
+    the result equals `edge_forward` with that edge's weight at 0 (tests/test_edges.py).
     """
     clean, corrupted, metric, chunk = prepared(cfg, params, clean, corrupted, metric, key_padding_mask, chunk_size)
     values, m_clean, m_corrupted = _edge_patching(cfg, params, clean, corrupted, metric, key_padding_mask, chunk)
@@ -411,19 +413,58 @@ def edge_patching(cfg: ModelConfig, params: dict, clean, corrupted, metric, *, k
 
 @functools.partial(jax.jit, static_argnums=(0, 6))
 def _edge_patching(cfg, params, clean, corrupted, metric, key_padding_mask, chunk):
-    """The edges into each layer's receivers (then the logits') run from the clean run's residual
-    stream entering that layer, so the layers before it are not computed again."""
-    g = graph(cfg)
-    clean_logits, starts = clean_starts(cfg, params, clean, key_padding_mask)
-    corrupted_logits, senders = sender_run(cfg, params, corrupted, key_padding_mask)
-    ones = jnp.ones(g.n_edges, senders.dtype)
-    values, bounds = [], [*[g.offset[g.receiver_sites[f"blocks.{l}.hook_q_input"][0]] for l in range(cfg.n_layers)],
-                           g.offset[-1], g.n_edges]
-    for start, lo, hi in zip(starts, bounds[:-1], bounds[1:]):
-        run = metric_of_weights(cfg, params, clean, senders, metric, key_padding_mask, start)
-        values.append(sweeps.map_chunked(lambda e: run(ones.at[e].set(0.0)), jnp.arange(lo, hi), chunk))
+    """With one edge patched, only its receiver reads a changed input: every other receiver
+    reads the residual stream of this pass as it is. So each run takes the clean run's
+    activations up to the receiver, recomputes the receiver alone on its patched input (a
+    head through `model.head_result`, an MLP or the logits through the model itself), and
+    runs the plain model from there on (`iv.patch` of the clean values at the receiver's
+    block; XLA drops what those patches make dead). One group of runs per receiver layer
+    and kind, each `lax.map`ped over its edges in chunks."""
+    g, L = graph(cfg), cfg.n_layers - 1
+    b = lambda layer, site: f"blocks.{layer}.{site}"
+    sites = tuple(b(layer, site) for layer in range(cfg.n_layers) for site in (
+        "hook_resid_pre", "hook_attn_out") + (() if cfg.attn_only else ("hook_resid_mid",)))
+    clean_logits, clean_senders, acts = _sender_run(cfg, params, clean, key_padding_mask,
+                                                     sites + (b(L, "hook_resid_post"),))
+    corrupted_logits, corrupted_senders = sender_run(cfg, params, corrupted, key_padding_mask)
+    deltas = corrupted_senders - clean_senders  # [S, b, p, d]: what patching an edge adds to its receiver's input
+    run = lambda *patches: metric(apply_unchecked(cfg, params, clean, intervention=iv.combine(*patches),
+                                                  key_padding_mask=key_padding_mask)[0]).mean()
+    groups = []
+    for layer in range(cfg.n_layers):
+        resid_pre, attn_out = acts[b(layer, "hook_resid_pre")], acts[b(layer, "hook_attn_out")]
+
+        def head_edge(s, head, role, layer=layer, resid_pre=resid_pre, attn_out=attn_out):
+            inputs = [resid_pre + (role == r) * deltas[s] for r in range(3)]  # q, k, v inputs [b, p, d]
+            new = head_result(cfg, params, layer, head, *inputs, key_padding_mask)
+            old = clean_senders[g.senders.index(f"blocks.{layer}.attn.head.0") + head]  # [b, p, d]
+            return run(iv.patch(b(layer, "hook_resid_pre"), resid_pre),
+                       iv.patch(b(layer, "hook_attn_out"), attn_out + new - old))
+
+        first = g.receiver_sites[b(layer, "hook_q_input")][0]
+        es = np.arange(g.offset[first], g.offset[first] + g.n_upstream[first:first + 3 * cfg.n_heads].sum())
+        rec = g.edge_receiver[es] - first  # role * n_heads + head
+        groups.append((es, head_edge, (g.edge_sender[es], rec % cfg.n_heads, rec // cfg.n_heads)))
+        if not cfg.attn_only:
+            mid = acts[b(layer, "hook_resid_mid")]
+
+            def mlp_edge(s, layer=layer, mid=mid):
+                return run(iv.patch(b(layer, "hook_resid_mid"), mid),
+                           iv.patch(b(layer, "hook_mlp_in"), mid + deltas[s]))
+
+            r = g.receiver_sites[b(layer, "hook_mlp_in")][0]
+            es = g.offset[r] + np.arange(g.n_upstream[r])
+            groups.append((es, mlp_edge, (g.edge_sender[es],)))
+    post = acts[b(L, "hook_resid_post")]
+    es = g.offset[-1] + np.arange(g.n_upstream[-1])
+    groups.append((es, lambda s: run(iv.patch(b(L, "hook_resid_post"), post + deltas[s])), (g.edge_sender[es],)))
+
     m_clean = metric(clean_logits).mean()
-    return jnp.concatenate(values) - m_clean, m_clean, metric(corrupted_logits).mean()
+    out = jnp.zeros(g.n_edges, m_clean.dtype)
+    for es, edge_fn, args in groups:
+        args = tuple(jnp.asarray(a, jnp.int32) for a in args)
+        out = out.at[es].set(sweeps.map_chunked(lambda a: edge_fn(*a), args, chunk))
+    return out - m_clean, m_clean, metric(corrupted_logits).mean()
 
 
 def path_patching(cfg: ModelConfig, params: dict, clean, corrupted, metric, senders: Sequence[str],
