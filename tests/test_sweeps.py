@@ -78,6 +78,26 @@ def test_head_ablation_sweep_matches_run_with_hooks_loop(twin, kind, set_fn, by_
         np.testing.assert_allclose(result.baseline, _torch_loss(model(torch.tensor(tokens)), tokens), **TOL)
 
 
+def test_head_result_and_z_sweeps_in_one_call_match_the_hooks_on_each(twin):
+    """hook_result (TransformerLens's use_attn_result) and hook_z swept together: each its own
+    run_with_hooks loop (the sweep adds the edited heads' change to the clean hook_attn_out)."""
+    import torch
+    model, params = twin
+    tokens = _tokens(4)
+    result = sweeps.ablation_sweep(CFG, params, tokens, sweeps.loss_metric(tokens[:, POS + 1], POS),
+                                   site=("result", "z"), kind="mean", by_pos=True)
+    assert result.axes == ("site", "layer", "head", "pos")
+    model.cfg.use_attn_result = True
+    try:
+        with torch.no_grad():
+            expected = _tl_loop(model, tokens, "result", _mean, head_axis=True, by_pos=True)
+    finally:
+        model.cfg.use_attn_result = False
+    np.testing.assert_allclose(result.values[0], expected, **TOL)
+    np.testing.assert_allclose(result.values[1], _tl_loop(model, tokens, "z", _mean, head_axis=True, by_pos=True),
+                               **TOL)
+
+
 def test_qkv_mean_ablation_sweep_is_one_call_matching_three_loops(twin):
     model, params = twin
     tokens = _tokens(1)

@@ -12,7 +12,9 @@ metric values leave the program. Two things keep it cheap:
 
 * runs are grouped by layer, and a run of layer l starts from the clean
   run's residual stream entering layer l (a full patch of hook_resid_pre,
-  so the layers before it are dead code), and
+  so the layers before it are dead code); a run that edits head outputs
+  (hook_z, hook_result) starts after layer l's attention, from its clean
+  hook_attn_out plus the edit's change, and
 * under vmap, whatever an edit does not reach (e.g. layer l up to the
   ablated site) is computed once per chunk, not once per run.
 
@@ -218,20 +220,44 @@ def _run_site_sweep(cfg, params, tokens, key_padding_mask, metric, masks, values
     values: {site: replacement activation} for kind 'patch', else None.
     A run of layer l starts from the clean run's hook_resid_pre of layer l
     (a full patch, so the layers before l are not computed again), and under
-    vmap whatever its edit does not reach is computed once per chunk.
+    vmap whatever its edit does not reach is computed once per chunk. When
+    every swept site is a head output (hook_z, hook_result), a run instead
+    patches layer l's hook_attn_out with the clean one plus what its edit
+    changes there, so layer l's attention is not run again either.
     Returns (baseline metric, [metric values [n_l, ...] for each layer]).
     """
     starts = tuple(f"blocks.{layer}.hook_resid_pre" for layer in range(1, cfg.n_layers))
-    logits, clean = apply_unchecked(cfg, params, tokens, capture=starts, key_padding_mask=key_padding_mask)
+    head_outputs = all(site.endswith(_HEAD_OUTPUTS) for layer_sites in sites for site in layer_sites)
+    also = tuple(f"blocks.{layer}.hook_attn_out" for layer in range(cfg.n_layers)) + sum(sites, ()) if head_outputs else ()
+    logits, clean = apply_unchecked(cfg, params, tokens, capture=starts + also, key_padding_mask=key_padding_mask)
     per_layer = []
     for layer, (layer_sites, layer_masks) in enumerate(zip(sites, masks)):
         start = iv.patch(starts[layer - 1], clean[starts[layer - 1]]) if layer else None
 
-        def build(m, layer_sites=layer_sites, start=start):
-            return iv.combine(start, *(_edit(kind, site, values, *m[site]) for site in layer_sites))
+        def build(m, layer=layer, layer_sites=layer_sites, start=start):
+            edits = [_edit(kind, site, values, *m[site]) for site in layer_sites]
+            if head_outputs:  # the heads' edited outputs enter the residual stream through hook_attn_out
+                out = f"blocks.{layer}.hook_attn_out"
+                changed = clean[out] + sum(_head_output_change(cfg, params, layer, site, clean[site], e.edits[site])
+                                           for site, e in zip(layer_sites, edits))
+                return iv.combine(start, iv.patch(out, changed))
+            return iv.combine(start, *edits)
 
         per_layer.append(_map_runs(cfg, params, tokens, key_padding_mask, metric, layer_masks, build, chunk_size))
     return metric(logits), per_layer
+
+
+_HEAD_OUTPUTS = ("attn.hook_z", "attn.hook_result")
+
+
+def _head_output_change(cfg, params, layer, site, x, edits):
+    """What edits of a layer's hook_z or hook_result (x: its clean activation) add to its
+    hook_attn_out: [b, p, d]. A sweep of head outputs patches hook_attn_out with the clean one
+    plus this, so the attention itself (dead code then) is not run again."""
+    change = iv.apply_edits(site, x, edits) - x  # [b, p, h, e] (hook_z) or [b, p, h, d] (hook_result)
+    if site.endswith("hook_z"):
+        return jnp.einsum("bphe,hed->bpd", change, params[f"blocks_{layer}"]["attn"]["W_O"])
+    return change.sum(2)
 
 
 def runs_per_chunk(chunk_size: int | None, tokens_shape) -> int:
