@@ -31,30 +31,29 @@ to right, e.g. `:addition,quick` or `:nanda,num_epochs=5000`):
              p = 59 keeps an epoch cheap (1,044 training pairs).
   nanda      Nanda et al. / the TransformerLens demo: p = 113, frac_train 0.3, lr
              1e-3, wd 1.0, 25,000 epochs, snapshots every 100. toymech's run
-             (measured 2026-12-02 on the 2-core CPU with nothing else running,
-             load average < 1): 17 min 42 s end to end (training 1,036 s at
-             24 epochs/s, then the analyses and the report); rerun 2026-12-02 on
-             the same CPU shared with other jobs (load average 4.2 at the start,
-             3.0 at the end): 26 min 41 s (training 1,570 s at ~16 epochs/s); on a
-             second, slower 2-core machine (an AMD EPYC virtual machine, float32
-             matmul 183 GFLOP/s against the first's 421), nothing else running,
-             2026-12-02 22:15 UTC: 23 min 19 s (training 1,369 s at 18 epochs/s). All
-             three gave the same numbers: test loss peaks at 33.1 at epoch 1,400, is 13.5 at
-             13,000 and 7.1 at 14,000, test accuracy passes 0.99 at epoch 15,800
-             and ends at 1.0 (final test loss 2.1e-7); key frequencies 3, 9, 19,
-             34, 55; phases detected: memorisation ends 1,400 (the test-loss peak;
-             the excluded-loss minimum is at 1,500), circuit formation ends 14,400
-             (restricted loss 4.35 -> 0.0037 meanwhile, test loss never below log
-             113 = 4.73 before it), cleanup ends 16,300; the paper's 1.4k / 9.4k /
-             14k. The demo's curves: the logits'
-             cosine similarity to their key-frequency fit 0.07 at epoch 1,000,
-             0.27 at 9,000, 0.68 at 13,000, 0.91 at 15,000, 0.99 at 25,000
-             (residual 1.00 -> 0.13); restricted / test loss 0.15 at 1,000, 0.026 at
-             13,000, 1e-5 at 15,000; 443 of 512 neurons cluster on one frequency
-             (>= 0.85 of their variance), Gaussian activations of the same shape 0. The reference's numbers (the
-             TransformerLens demo): test loss peaks ~34 near epoch 1,400, still
-             7.5 at 13,000, 0.24 at 14,000; the paper's phases 0-1.4k / 1.4k-9.4k
-             / 9.4k-14k.
+             (measured 2026-12-03 06:50 UTC on the 2-core CPU with nothing else
+             running, load average 1.5 at the start, 0.8 at the end): 12 min 46 s
+             end to end (training 746 s at 33.7 epochs/s, then the analyses and
+             the report). Train accuracy passes 0.99 at epoch 161; test loss
+             peaks at 33.3 at epoch 1,400, is 24.1 at 9,400, 12.9 at 13,000, 2.55
+             at 14,000 and 0.196 at 14,500; test accuracy passes 0.99 at epoch
+             14,900 and ends at 1.0 (final test loss 1.8e-7); key frequencies 9,
+             19, 34, 45, 55; phases detected: memorisation ends 1,400 (the
+             test-loss peak; the excluded-loss minimum is at 1,500), circuit
+             formation ends 13,900 (restricted loss 4.64 -> 0.0003 meanwhile, test
+             loss never below log 113 = 4.73 before it), cleanup ends 15,400. The
+             demo's curves: the logits' cosine similarity to their key-frequency
+             fit 0.06 at epoch 1,000, 0.24 at 9,000, 0.67 at 13,000, 0.94 at
+             15,000, 0.99 at 25,000 (residual 1.00 -> 0.15); 434 of 512 neurons
+             cluster on one frequency (>= 0.85 of their variance), Gaussian
+             activations of the same shape 0. Before the training chunks compiled
+             with YNNPACK dots (`train.CPU_COMPILER_OPTIONS`) the same run took
+             17 min 42 s (2026-12-02, training 1,036 s at 24 epochs/s) and grokked
+             at 15,800 with key frequencies 3, 9, 19, 34, 55 and phases 1,400 /
+             14,400 / 16,300: the dots round differently, and 25,000 epochs of
+             Adam amplify it. The reference's numbers (the TransformerLens demo):
+             test loss peaks ~34 near epoch 1,400, still 7.5 at 13,000, 0.24 at
+             14,000; the paper's phases 0-1.4k / 1.4k-9.4k / 9.4k-14k.
   addition   the notebook's plain addition of 0..9 (p = 10, labels a + b,
              frac_train 0.72, 10,000 epochs, lr 1e-3, wd 1.0). Measured 2026-12-02 on
              the shared 2-core CPU (load average 2.0 at the start, 9.0 at the end):
