@@ -48,6 +48,32 @@ def test_eap_is_minus_the_finite_difference_of_the_edge_pass(model):
     assert np.abs(scores.values).max() > 1e-2
 
 
+@pytest.mark.parametrize("cfg, padded", [
+    (CFG, False),
+    (tm.ModelConfig(n_layers=2, d_model=12, n_heads=3, d_head=4, d_mlp=None, d_vocab=7, d_vocab_out=5, n_ctx=5,
+                    normalization_type="LNPre"), True),
+    (tm.ModelConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=24, d_vocab=9, n_ctx=5,
+                    normalization_type=None, attention_dir="bidirectional"), True)])
+def test_eap_is_the_gradient_of_the_edge_pass_on_every_edge(cfg, padded):
+    """EAP is computed from the gradients at the receivers' inputs of a plain clean run; the
+    edge-level pass differentiated with respect to its weights must give the same numbers."""
+    import jax
+    params = random_params.random_params(cfg, seed=13)
+    rng = np.random.default_rng(14)
+    clean, corrupted = (rng.integers(0, cfg.d_vocab, (4, cfg.n_ctx)) for _ in range(2))
+    mask = None
+    if padded:
+        mask = np.ones(clean.shape, bool)
+        mask[2, -2:] = False
+    metric = edges.loss_metric(clean[:, 1:] % cfg.d_vocab_out, np.arange(cfg.n_ctx - 1))
+    scores = discovery.edge_attribution(cfg, params, clean, corrupted, metric, method="eap", key_padding_mask=mask)
+    n = edges.graph(cfg).n_edges
+    pass_metric = lambda w: metric(edges.edge_forward(cfg, params, clean, corrupted, w, key_padding_mask=mask)).mean()
+    np.testing.assert_allclose(scores.values, -jax.grad(pass_metric)(np.ones(n, np.float32)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(scores.clean, pass_metric(np.ones(n, np.float32)), rtol=1e-5)
+    np.testing.assert_allclose(scores.corrupted, pass_metric(np.zeros(n, np.float32)), rtol=1e-4)
+
+
 def test_eap_ig_sums_to_the_total_effect_and_one_step_is_the_midpoint_gradient(model):
     params, clean, corrupted, metric = model
     ig = discovery.edge_attribution(CFG, params, clean, corrupted, metric, method="eap-ig", steps=32, chunk_size=5)

@@ -7,7 +7,8 @@ Attribution patching estimates patching effects from gradients instead of one ru
   neurons and residual-stream positions, from one forward and backward pass on the clean input
   and one forward pass on the corrupted one: effect ~ (corrupted - clean) . d metric / d act.
 * `edge_attribution(method="eap")`: EAP, effect of edge e ~ -d metric / d w_e at w = 1 (the
-  edge-level pass's input moves by (corrupted - clean) as w_e goes from 1 to 0).
+  edge-level pass's input moves by (corrupted - clean) as w_e goes from 1 to 0), from one clean
+  forward + backward (the gradient at every receiver's input) and one corrupted forward.
 * `edge_attribution(method="eap-ig", steps=m)`: EAP-IG, the same gradient averaged over m
   points alpha = (k + 1/2) / m of the straight path from all-corrupted (w = 0) to clean
   (w = 1), vmapped; the scores sum to about metric(all corrupted) - metric(clean).
@@ -43,6 +44,7 @@ from toymech import interventions as iv
 from toymech.analysis import edges, sweeps
 from toymech.config import ModelConfig
 from toymech.model import apply_unchecked
+from toymech.sites import site_shape
 
 Array = jax.Array
 
@@ -130,23 +132,47 @@ def edge_attribution(cfg: ModelConfig, params: dict, clean, corrupted, metric, *
     steps = _check_int(steps, "steps", 1)
     clean, corrupted, metric, chunk = edges.prepared(cfg, params, clean, corrupted, metric, key_padding_mask,
                                                      chunk_size)
-    alphas = np.ones(1) if method == "eap" else (np.arange(steps) + 0.5) / steps
-    values, m_clean, m_corrupted = _edge_attribution(cfg, params, clean, corrupted, metric, key_padding_mask,
-                                                     jnp.asarray(alphas, cfg.dtype), chunk, method == "eap")
+    if method == "eap":
+        values, m_clean, m_corrupted = _eap(cfg, params, clean, corrupted, metric, key_padding_mask)
+    else:
+        alphas = jnp.asarray((np.arange(steps) + 0.5) / steps, cfg.dtype)
+        values, m_clean, m_corrupted = _eap_ig(cfg, params, clean, corrupted, metric, key_padding_mask, alphas, chunk)
     return edges.EdgeScores(values, m_clean, m_corrupted, edges.graph(cfg).edges, method)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 7, 8))
-def _edge_attribution(cfg, params, clean, corrupted, metric, key_padding_mask, alphas, chunk, at_clean):
-    """at_clean: alphas is [1.], whose metric is the clean one (no separate clean run: EAP costs
-    one corrupted forward and one edge-level forward + backward)."""
+@functools.partial(jax.jit, static_argnums=0)
+def _eap(cfg, params, clean, corrupted, metric, key_padding_mask):
+    """At w = 1 every receiver reads the residual stream itself, and d input_r / d w[s, r] =
+    clean_s - corrupted_s, so -d metric / d w[s, r] = -<d metric / d input_r, clean_s - corrupted_s>:
+    one clean forward + backward (the gradient at each receiver's input, taken through a zero
+    `iv.add` there, which also gives the clean senders) and one corrupted forward."""
+    g = edges.graph(cfg)
+    corrupted_logits, corrupted_senders = edges.sender_run(cfg, params, corrupted, key_padding_mask)
+    batch, n_pos = clean.shape
+    zeros = {site: jnp.zeros(site_shape(cfg, site, batch, n_pos), corrupted_senders.dtype) for site in g.receiver_sites}
+
+    def clean_run(adds):
+        logits, acts = apply_unchecked(cfg, params, clean, intervention=iv.combine(*(
+            iv.add(site, x) for site, x in adds.items())), capture=g.sender_sites, key_padding_mask=key_padding_mask)
+        return metric(logits).mean(), acts
+
+    (m_clean, acts), grads = jax.value_and_grad(clean_run, has_aux=True)(zeros)
+    delta = edges.stacked_senders(cfg, acts) - corrupted_senders  # [S, b, p, d]
+    values = []
+    for site, (first, _, per_head) in g.receiver_sites.items():  # receivers in edge order
+        grad = grads[site] if per_head else grads[site][:, :, None]  # [b, p, c, d]
+        values.append(-jnp.einsum("bpcd,sbpd->cs", grad, delta[: g.n_upstream[first]]).ravel())
+    return jnp.concatenate(values), m_clean, metric(corrupted_logits).mean()
+
+
+@functools.partial(jax.jit, static_argnums=(0, 7))
+def _eap_ig(cfg, params, clean, corrupted, metric, key_padding_mask, alphas, chunk):
+    """The edge-level pass's gradient at w = alpha * 1 for each alpha, averaged."""
     corrupted_logits, senders = edges.sender_run(cfg, params, corrupted, key_padding_mask)
-    value_and_grad = jax.value_and_grad(edges.metric_of_weights(cfg, params, clean, senders, metric,
-                                                                key_padding_mask))
+    grad = jax.grad(edges.metric_of_weights(cfg, params, clean, senders, metric, key_padding_mask))
     ones = jnp.ones(edges.graph(cfg).n_edges, senders.dtype)
-    values, grads = sweeps.map_chunked(lambda a: value_and_grad(a * ones), alphas, chunk)  # [m], [m, E]
-    m_clean = values[0] if at_clean else metric(apply_unchecked(cfg, params, clean,
-                                                                key_padding_mask=key_padding_mask)[0]).mean()
+    grads = sweeps.map_chunked(lambda a: grad(a * ones), alphas, chunk)  # [m, E]
+    m_clean = metric(apply_unchecked(cfg, params, clean, key_padding_mask=key_padding_mask)[0]).mean()
     return -grads.mean(0), m_clean, metric(corrupted_logits).mean()
 
 

@@ -252,7 +252,13 @@ def _sender_run(cfg, params, tokens, key_padding_mask, also=()):
     sites = graph(cfg).sender_sites
     logits, acts = apply_unchecked(cfg, params, tokens, capture=tuple(dict.fromkeys(sites + also)),
                                    key_padding_mask=key_padding_mask)
-    return logits, jnp.concatenate([_as_senders(acts[s]) for s in sites]), acts
+    return logits, stacked_senders(cfg, acts), acts
+
+
+def stacked_senders(cfg: ModelConfig, acts) -> Array:
+    """Every sender's output from a run's captures of `graph(cfg).sender_sites`, stacked in
+    `graph(cfg).senders` order: [S, b, p, d]."""
+    return jnp.concatenate([_as_senders(acts[s]) for s in graph(cfg).sender_sites])
 
 
 def edge_logits(cfg: ModelConfig, params: dict, tokens, corrupted_senders: Array, weights: Array,
