@@ -150,7 +150,7 @@ def _fit_ridge(x, y, alpha, fit_intercept: bool, standardize: bool, positive: bo
     x = jnp.asarray(x, dtype=jnp.result_type(x, y2, jnp.float32))
     y2 = y2.astype(x.dtype)
     _check_design(x, y2, "fit_ridge")
-    n, d = x.shape[-2], x.shape[-1]
+    n = x.shape[-2]
     if fit_intercept:
         x_mean = x.mean(axis=-2, keepdims=True)  # [..., 1, d]
         y_mean = y2.mean(axis=-2, keepdims=True)  # [..., 1, t]
