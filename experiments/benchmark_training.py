@@ -10,7 +10,7 @@ the positions it reads and its optimizer), in one process and alternating
   A  `toymech.train.train` (chunks of compiled epochs, as the studies run it);
   B  a hand-written `jax.lax.scan` of the same model, loss and optimizer (batch
      and frozen parameters passed as arguments, minibatches reshuffled per epoch,
-     compiled with the engine's XLA options, `train.CPU_COMPILER_OPTIONS` on a CPU):
+     compiled with the engine's XLA options, `train.compiler_options()`):
      what the engine costs over the bare loop;
   C  TransformerLens: a plain `HookedTransformer` with a standard PyTorch loop
      (logits at every position, as HookedTransformer computes them).
@@ -158,9 +158,7 @@ def hand_runner(study: Study, steps: int):
     merge = T.combine_frozen if study.opt.frozen else (lambda t, f: t)
     loss = functools.partial(cross_entropy, study)
 
-    options = T.CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" and T.CPU_COMPILER_OPTIONS else None
-
-    @functools.partial(jax.jit, compiler_options=options)
+    @functools.partial(jax.jit, compiler_options=T.compiler_options())
     def epochs(trainable, state, frozen, tokens, key):  # `chunk` epochs of `spe` steps
         def epoch(carry, key):
             rows = tokens if spe == 1 else tokens[jax.random.permutation(key, len(tokens))]

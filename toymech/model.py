@@ -395,7 +395,6 @@ def _project_tables(cfg: ModelConfig, sites: Sites, shape) -> bool:
     return cfg.normalization_type is None and not edited and 2 * (cfg.d_vocab + n_pos) <= batch * n_pos
 
 
-
 def head_result(cfg: ModelConfig, params: dict, layer: int, head, q_input, k_input, v_input,
                 key_padding_mask=None) -> jax.Array:
     """One attention head of a block run alone on its own query, key and value inputs
@@ -413,6 +412,7 @@ def head_result(cfg: ModelConfig, params: dict, layer: int, head, q_input, k_inp
     inputs = tuple(_DenseInput(ln1(x)) for x in (q_input, k_input, v_input))
     one_head = dataclasses.replace(cfg, n_heads=1)
     return Attention(one_head).apply({"params": one}, inputs, _NO_SITES, "", key_padding_mask)
+
 
 # --- functional entry points -------------------------------------------------
 

@@ -79,6 +79,12 @@ SWEEPABLE = ("lr", "weight_decay", "b1", "b2", "eps", "momentum", "clip_norm")
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
 
+def compiler_options() -> dict | None:
+    """The `compiler_options` the training chunks are jitted with: a copy of
+    `CPU_COMPILER_OPTIONS` where JAX's default backend is the CPU, else None."""
+    return dict(CPU_COMPILER_OPTIONS) if jax.default_backend() == "cpu" and CPU_COMPILER_OPTIONS else None
+
+
 class TrainingDivergedError(FloatingPointError):
     """The training loss became NaN or infinite; the message gives run, step and epoch."""
 
@@ -456,7 +462,7 @@ def _compiled_chunk(loss_fn, eval_fn, opt: OptimizerConfig, plan: _Plan, mesh: M
             epoch_body, (params, opt_state, jnp.int32(-1)), epochs)
         return params, opt_state, train_m, eval_m, bad
 
-    options = dict(CPU_COMPILER_OPTIONS) if jax.default_backend() == "cpu" and CPU_COMPILER_OPTIONS else None
+    options = compiler_options()
     if mesh is None:
         return jax.jit(one_run, compiler_options=options)
     runs, shared = NamedSharding(mesh, PartitionSpec("runs")), NamedSharding(mesh, PartitionSpec())

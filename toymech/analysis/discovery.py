@@ -158,11 +158,12 @@ def _eap(cfg, params, clean, corrupted, metric, key_padding_mask):
 
     (m_clean, acts), grads = jax.value_and_grad(clean_run, has_aux=True)(zeros)
     delta = edges.stacked_senders(cfg, acts) - corrupted_senders  # [S, b, p, d]
-    values = []
-    for site, (first, _, per_head) in g.receiver_sites.items():  # receivers in edge order
+    values = jnp.zeros(g.n_edges, m_clean.dtype)
+    for site, (first, _, per_head) in g.receiver_sites.items():
         grad = grads[site] if per_head else grads[site][:, :, None]  # [b, p, c, d]
-        values.append(-jnp.einsum("bpcd,sbpd->cs", grad, delta[: g.n_upstream[first]]).ravel())
-    return jnp.concatenate(values), m_clean, metric(corrupted_logits).mean()
+        scores = -jnp.einsum("bpcd,sbpd->cs", grad, delta[: g.n_upstream[first]])  # [c, s]: receiver by receiver
+        values = values.at[g.site_edges(site)].set(scores.ravel())
+    return values, m_clean, metric(corrupted_logits).mean()
 
 
 @functools.partial(jax.jit, static_argnums=(0, 7))

@@ -100,6 +100,12 @@ class Graph:
         Patching the edge alone adds the sender's corrupted - clean output to the receiver's input."""
         return self.sender_at[self.edge_sender[e]] + self.receiver_at[self.edge_receiver[e]]
 
+    def site_edges(self, site: str) -> np.ndarray:
+        """The edges into the receivers read at model site `site` (`receiver_sites`), in edge
+        order: receiver by receiver, each receiver's senders in order. [n]"""
+        first, n, _ = self.receiver_sites[site]
+        return np.arange(self.offset[first], self.offset[first] + self.n_upstream[first: first + n].sum())
+
     def edge_indices(self, names: Sequence[str]) -> np.ndarray:
         """Indices of the edges called `names`; raises ValueError listing the valid ones."""
         return _indices(self.edges, names, "edge")
@@ -447,9 +453,8 @@ def _edge_patching(cfg, params, clean, corrupted, metric, key_padding_mask, chun
             return run(iv.patch(b(layer, "hook_resid_pre"), resid_pre),
                        iv.patch(b(layer, "hook_attn_out"), attn_out + new - old))
 
-        first = g.receiver_sites[b(layer, "hook_q_input")][0]
-        es = np.arange(g.offset[first], g.offset[first] + g.n_upstream[first:first + 3 * cfg.n_heads].sum())
-        rec = g.edge_receiver[es] - first  # role * n_heads + head
+        es = np.concatenate([g.site_edges(b(layer, f"hook_{role}_input")) for role in ROLES])
+        rec = g.edge_receiver[es] - g.receiver_sites[b(layer, "hook_q_input")][0]  # role * n_heads + head
         groups.append((es, head_edge, (g.edge_sender[es], rec % cfg.n_heads, rec // cfg.n_heads)))
         if not cfg.attn_only:
             mid = acts[b(layer, "hook_resid_mid")]
@@ -458,11 +463,10 @@ def _edge_patching(cfg, params, clean, corrupted, metric, key_padding_mask, chun
                 return run(iv.patch(b(layer, "hook_resid_mid"), mid),
                            iv.patch(b(layer, "hook_mlp_in"), mid + deltas[s]))
 
-            r = g.receiver_sites[b(layer, "hook_mlp_in")][0]
-            es = g.offset[r] + np.arange(g.n_upstream[r])
+            es = g.site_edges(b(layer, "hook_mlp_in"))
             groups.append((es, mlp_edge, (g.edge_sender[es],)))
     post = acts[b(L, "hook_resid_post")]
-    es = g.offset[-1] + np.arange(g.n_upstream[-1])
+    es = g.site_edges(b(L, "hook_resid_post"))
     groups.append((es, lambda s: run(iv.patch(b(L, "hook_resid_post"), post + deltas[s])), (g.edge_sender[es],)))
 
     m_clean = metric(clean_logits).mean()

@@ -228,7 +228,8 @@ def _run_site_sweep(cfg, params, tokens, key_padding_mask, metric, masks, values
     """
     starts = tuple(f"blocks.{layer}.hook_resid_pre" for layer in range(1, cfg.n_layers))
     head_outputs = all(site.endswith(_HEAD_OUTPUTS) for layer_sites in sites for site in layer_sites)
-    also = tuple(f"blocks.{layer}.hook_attn_out" for layer in range(cfg.n_layers)) + sum(sites, ()) if head_outputs else ()
+    attn_outs = tuple(f"blocks.{layer}.hook_attn_out" for layer in range(cfg.n_layers))
+    also = attn_outs + sum(sites, ()) if head_outputs else ()  # the clean values the runs start from
     logits, clean = apply_unchecked(cfg, params, tokens, capture=starts + also, key_padding_mask=key_padding_mask)
     per_layer = []
     for layer, (layer_sites, layer_masks) in enumerate(zip(sites, masks)):
